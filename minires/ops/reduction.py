@@ -1,0 +1,92 @@
+"""Reductions: sum, mean and max over axes.
+
+The backward of a reduction spreads the upstream gradient back over the
+reduced axes: every summed element receives the gradient of the sum (so it is
+broadcast), every averaged one 1/n of it, and for ``max`` only the winners.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import backend
+from ..function import Function
+
+
+def normalize_axes(axis: Any, ndim: int) -> tuple:
+    """Turn ``axis`` (None, int or tuple, negatives allowed) into a sorted tuple of axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    out = []
+    for ax in axes:
+        if not isinstance(ax, int) or not -ndim <= ax < max(ndim, 1):
+            raise ValueError(f"axis {ax!r} is out of range for a tensor with {ndim} dimensions")
+        out.append(ax % ndim if ndim else 0)
+    if len(set(out)) != len(out):
+        raise ValueError(f"repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def _expand_like(grad: Any, in_shape: tuple, axes: tuple, keepdims: bool) -> Any:
+    """Re-insert reduced axes (as size 1) so ``grad`` broadcasts against the input."""
+    if not keepdims:
+        shape = list(in_shape)
+        for ax in axes:
+            shape[ax] = 1
+        grad = grad.reshape(shape)
+    return grad
+
+
+class Sum(Function):
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        axes = normalize_axes(axis, a.ndim)
+        ctx.meta = (a.shape, axes, keepdims)
+        return a.sum(axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, axes, keepdims = ctx.meta
+        xp = backend.get_array_module(grad)
+        return xp.broadcast_to(_expand_like(grad, shape, axes, keepdims), shape)
+
+
+class Mean(Function):
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        axes = normalize_axes(axis, a.ndim)
+        count = 1
+        for ax in axes:
+            count *= a.shape[ax]
+        ctx.meta = (a.shape, axes, keepdims, count)
+        return a.mean(axis=axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, axes, keepdims, count = ctx.meta
+        xp = backend.get_array_module(grad)
+        return xp.broadcast_to(_expand_like(grad, shape, axes, keepdims) / count, shape)
+
+
+class Max(Function):
+    """Maximum over axes. When several elements tie for the maximum, the
+    gradient is shared equally among them (PyTorch's ``amax`` rule)."""
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        axes = normalize_axes(axis, a.ndim)
+        if a.size == 0:
+            raise ValueError("max() of an empty tensor")
+        out = a.max(axis=axes, keepdims=True)
+        ctx.save_for_backward(a, out)
+        ctx.meta = (axes, keepdims)
+        return out if keepdims else out.reshape([n for i, n in enumerate(a.shape) if i not in axes])
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, out = ctx.saved_tensors
+        axes, keepdims = ctx.meta
+        winners = (a == out).astype(grad.dtype)
+        winners /= winners.sum(axis=axes, keepdims=True)
+        return winners * _expand_like(grad, a.shape, axes, keepdims)
