@@ -120,6 +120,11 @@ class Device:
             raise ValueError(f"device type must be 'cpu' or 'cuda', got {self.type!r}")
         if self.type == "cpu" and self.index not in (None, 0):
             raise ValueError(f"the cpu device has no index, got {self.index!r}")
+        if self.type == "cuda" and self.index is not None and (not isinstance(self.index, int) or self.index < 0):
+            raise ValueError(f"a cuda device index must be a non-negative int, got {self.index!r}")
+        # One spelling per device, so that equality and hashing work: Device("cuda") is
+        # cuda:0 and Device("cpu", 0) is the cpu (a frozen dataclass needs object.__setattr__).
+        object.__setattr__(self, "index", None if self.type == "cpu" else (self.index or 0))
 
     @property
     def xp(self):

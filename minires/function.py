@@ -81,7 +81,9 @@ def _as_input(value: Any, like: Tensor | None) -> Tensor:
     if like is None:
         return Tensor(value)
     xp = like.xp
-    if isinstance(value, (bool, int, float)):
+    if isinstance(value, (bool, int, float, np.generic)):
+        # Scalars (Python or NumPy, e.g. np.int64 from a count) adopt a float tensor's dtype,
+        # as in PyTorch: otherwise NumPy's rules would turn float32 * np.int64(3) into float64.
         dtype = like.dtype if like.dtype.kind == "f" else None
         return Tensor._wrap(xp.asarray(value, dtype=dtype))
     if isinstance(value, np.ndarray) or backend.device_of(value).type == "cuda":
@@ -119,6 +121,9 @@ class Function:
         record = is_grad_enabled() and any(needs)
         ctx = Context(cls, tensors if record else (), needs)
         out = cls.forward(ctx, *(t.data for t in tensors), **params)
+        if isinstance(out, np.generic):
+            # NumPy gives scalars, not 0-d arrays, for full reductions and x[i]; Tensor.data is always an array.
+            out = np.asarray(out)
         result = Tensor._wrap(out, requires_grad=record and out.dtype.kind == "f")
         if result.requires_grad:
             result._ctx = ctx

@@ -319,6 +319,8 @@ class Tensor:
                 raise ValueError(f"grad has shape {tuple(seed.shape)} but the tensor has shape {self.shape}")
             if backend.device_of(seed) != self.device:
                 raise DeviceError(f"grad is on {backend.device_of(seed)} but the tensor is on {self.device}")
+            if seed.dtype != self.dtype:
+                seed = seed.astype(self.dtype)  # a gradient has the dtype of what it differentiates
         _run_backward(self, seed, retain_graph)
 
     # -- printing ----------------------------------------------------------------
@@ -388,6 +390,13 @@ def _topological_order(root: Tensor) -> list[Tensor]:
     return order
 
 
+def _as_array(a: Any) -> Any:
+    """NumPy returns scalars (``np.float64``), not 0-d arrays, from arithmetic on 0-d
+    arrays; gradients must stay arrays (``.grad`` is documented as one, and scalars
+    are read-only, which breaks in-place updates)."""
+    return np.asarray(a) if isinstance(a, np.generic) else a
+
+
 def _run_backward(root: Tensor, seed: Any, retain_graph: bool) -> None:
     order = _topological_order(root)
     # Gradients waiting to be delivered, keyed by tensor identity. A tensor used
@@ -400,14 +409,19 @@ def _run_backward(root: Tensor, seed: Any, retain_graph: bool) -> None:
             grad = pending.pop(id(node), None)
             if grad is None:
                 continue  # nothing flowed here (e.g. an input whose gradient was not needed)
+            grad = _as_array(grad)
             for hook in list(node._hooks):
                 replaced = hook(Tensor._wrap(grad))
                 if replaced is not None:
-                    grad = replaced.data if isinstance(replaced, Tensor) else replaced
+                    grad = _as_array(replaced.data if isinstance(replaced, Tensor) else replaced)
+                    if tuple(grad.shape) != node.shape:
+                        raise RuntimeError(
+                            f"a hook returned a gradient of shape {tuple(grad.shape)} for a tensor of shape {node.shape}"
+                        )
             ctx = node._ctx
             if ctx is None or node._retains_grad:
                 # Leaves accumulate: this `+=` is what makes two backward calls add up.
-                node.grad = grad.copy() if node.grad is None else node.grad + grad
+                node.grad = grad.copy() if node.grad is None else _as_array(node.grad + grad)
             if ctx is None:
                 continue
             if ctx.released:
@@ -431,6 +445,10 @@ def _run_backward(root: Tensor, seed: Any, retain_graph: bool) -> None:
                         f"{ctx.fn.__name__}.backward returned a gradient of shape {tuple(g.shape)} "
                         f"for an input of shape {inp.shape}"
                     )
+                if g.dtype != inp.dtype:
+                    # e.g. float32 x * float64 array: the product is float64, but x's gradient must be
+                    # float32 like x (as in PyTorch), or an SGD step would silently promote the weights.
+                    g = g.astype(inp.dtype)
                 key = id(inp)
                 # Not `+=`: g may alias an array the Function still owns.
                 pending[key] = g if key not in pending else pending[key] + g

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .. import backend
 from ..function import Function
 
@@ -19,12 +21,17 @@ def normalize_axes(axis: Any, ndim: int) -> tuple:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     out = []
+    bound = max(ndim, 1)  # a 0-d tensor accepts axis 0 and -1, like PyTorch
     for ax in axes:
-        if not isinstance(ax, int) or not -ndim <= ax < max(ndim, 1):
+        if not isinstance(ax, (int, np.integer)) or isinstance(ax, bool) or not -bound <= ax < bound:
             raise ValueError(f"axis {ax!r} is out of range for a tensor with {ndim} dimensions")
-        out.append(ax % ndim if ndim else 0)
+        out.append(int(ax) % ndim if ndim else 0)
     if len(set(out)) != len(out):
         raise ValueError(f"repeated axis in {axis!r}")
+    if ndim == 0:
+        # A 0-d tensor accepts axis 0 / -1 (as in PyTorch) but has no axis to reduce;
+        # NumPy would reject axis=0 here, so reduce over nothing.
+        return ()
     return tuple(sorted(out))
 
 

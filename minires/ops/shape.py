@@ -136,6 +136,8 @@ class Pad(Function):
                 f"{tuple(a.shape)}, got {pad_width!r}"
             )
         ctx.crop = tuple(slice(before, before + n) for (before, _), n in zip(pad_width, a.shape))
+        if a.ndim == 0:
+            return a.copy()  # no axis, nothing to pad (xp.pad rejects the empty pad_width)
         return xp.pad(a, pad_width, mode="constant", constant_values=value)
 
     @staticmethod
