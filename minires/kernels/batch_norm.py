@@ -1,0 +1,503 @@
+"""Batch normalisation: the mathematics, a readable reference, and a fast path.
+
+Batch normalisation (Ioffe and Szegedy, 2015) rescales every channel of a
+layer's output to zero mean and unit variance over the mini-batch, then lets
+the network choose its own scale and shift back. ResNets put one after every
+convolution: it keeps the signals of a deep stack in a range where ReLU and
+the next convolution work well.
+
+Shapes: ``x`` is ``(N, C)`` or ``(N, C, L)`` or ``(N, C, H, W)``. Every channel
+``c`` is normalised over all its ``m = N * H * W`` values (the batch axis and
+the spatial axes); ``weight`` (gamma), ``bias`` (beta) and the statistics have
+shape ``(C,)``.
+
+Forward (training mode), for one channel with values x_1 .. x_m::
+
+    mu      = (1/m) sum_i x_i
+    var     = (1/m) sum_i (x_i - mu)^2          biased: divide by m, not m - 1
+    s       = 1 / sqrt(var + eps)               "inv_std"
+    xhat_i  = (x_i - mu) * s                    zero mean, unit variance
+    y_i     = gamma * xhat_i + beta
+
+In evaluation mode ``mu`` and ``var`` are the running averages collected
+during training instead of the batch's own statistics, so ``y`` is a fixed
+per-channel affine map of ``x``. The running averages follow PyTorch::
+
+    running_mean = (1 - momentum) * running_mean + momentum * mu
+    running_var  = (1 - momentum) * running_var  + momentum * var * m / (m - 1)
+
+The running variance uses the UNBIASED estimate (Bessel's correction, m - 1):
+it estimates the variance of the whole data distribution, while the batch
+normalisation itself uses the biased one, as the formula above says.
+
+Backward (training mode), derived by hand
+-----------------------------------------
+Given g_i = dL/dy_i, the parameter gradients are direct::
+
+    dbeta  = sum_i g_i
+    dgamma = sum_i g_i * xhat_i
+
+For the input, every xhat_j depends on every x_i, directly and through mu and
+var. Differentiate, using dmu/dx_i = 1/m and dvar/dx_i = (2/m)(x_i - mu) (the
+term through mu drops out of dvar because sum_j (x_j - mu) = 0)::
+
+    dxhat_j/dx_i = s * (delta_ij - 1/m) - (x_j - mu) * s^3 * (1/m)(x_i - mu)
+                 = (s/m) * (m delta_ij - 1 - xhat_j xhat_i)
+
+and dL/dxhat_j = gamma g_j, so by the chain rule::
+
+    dx_i = sum_j gamma g_j dxhat_j/dx_i
+         = (gamma s / m) * (m g_i - sum_j g_j - xhat_i * sum_j g_j xhat_j)
+         = (gamma s / m) * (m g_i - dbeta - xhat_i * dgamma)
+
+Read it as: take the upstream gradient, remove its mean and its component
+along xhat, scale by gamma * s. The gradient cannot move the batch mean or
+the batch variance of x, because normalisation would undo such a move:
+``sum_i dx_i = 0`` exactly, per channel. (This is also why a gradient check
+with an all-ones upstream gradient is vacuous here: sum_i y_i = m * beta
+whatever x is, so its gradient with respect to x is zero.)
+
+Computing the three sums once and then the elementwise formula costs two
+passes over the data instead of the many passes an autograd graph of
+primitive operations (subtract, square, mean, sqrt, divide, ...) would take,
+and saves no intermediate but x itself.
+
+Backward (evaluation mode): mu and s are constants, so ``dx = gamma * s * g``
+and the parameter gradients have the same formulas as in training.
+
+Implementations in this file
+----------------------------
+``*_reference`` functions spell the formulas out with whole-array NumPy
+expressions: easy to check against the mathematics above, but they create a
+full-size temporary for nearly every operator. The functions without the
+suffix compute the same numbers with fewer passes over memory; tests compare
+the two. Both work on NumPy and CuPy arrays alike (``xp`` is whichever module
+owns the arrays). How the fast path saves work:
+
+* Per-channel sums as a matrix-vector product: viewing x as an ``(N, C*L)``
+  matrix, ``ones(N) @ x`` sums over the batch in one BLAS call (which uses
+  every core), leaving a small ``(C, L)`` array to finish.
+* Per-channel dot products (sum_i a_i b_i) with ``einsum``, which multiplies
+  and adds in one loop without materialising ``a * b``.
+* Per-channel factors are repeated into one contiguous row of length
+  ``C * L`` and broadcast over the batch axis of the ``(N, C*L)`` view: NumPy
+  then runs long contiguous inner loops, about twice as fast as broadcasting a
+  ``(C, 1)`` column over ``(N, C, L)``.
+* Cache blocking on the CPU: the batch is processed in slices of about
+  ``_CHUNK_BYTES``, and all the operations on one slice run back to back while
+  it sits in the CPU cache. A temporary the size of one slice is reused for
+  every slice instead of allocating a full-size one.
+* Numerical care: sums such as ``sum((x - mu)^2)`` and ``sum(g * (x - mu))``
+  are taken over explicitly centred values. The shortcut
+  ``sum(g * x) - mu * sum(g)`` subtracts two nearly equal large numbers when
+  |mu| is large against the standard deviation and loses the digits float32
+  has, so the centring is redone slice by slice, in cache.
+
+float32 inputs give float32 outputs; the few per-channel numbers (C of them)
+are combined in float64, which costs nothing and keeps them exact enough.
+
+A CUDA version (one CuPy RawKernel per pass) will join this file; until then
+the same xp-generic code runs on CuPy arrays as whole-array operations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import get_array_module
+
+__all__ = [
+    "batch_norm_train_forward",
+    "batch_norm_train_forward_reference",
+    "batch_norm_train_backward",
+    "batch_norm_train_backward_reference",
+    "batch_norm_eval_forward",
+    "batch_norm_eval_forward_reference",
+    "batch_norm_eval_backward",
+    "batch_norm_eval_backward_reference",
+    "update_running_stats",
+    "channel_sum",
+    "channel_dot",
+]
+
+# Size of the batch slices the CPU path works on: small enough that a slice of
+# x, of the output and of one temporary stay in a core's L2 cache together,
+# large enough that NumPy's per-call overhead is negligible. (Tests shrink it
+# to exercise slices that do not divide the batch.)
+_CHUNK_BYTES = 1 << 18
+
+
+# ---------------------------------------------------------------------------
+# Layout helpers
+# ---------------------------------------------------------------------------
+
+
+def _as_ncl(a: Any) -> Any:
+    """View ``(N, C, *spatial)`` as a C-contiguous ``(N, C, L)`` array, L = prod(spatial) (1 for 2-D)."""
+    xp = get_array_module(a)
+    a = xp.ascontiguousarray(a)
+    n, c = a.shape[0], a.shape[1]
+    return a.reshape(n, c, int(np.prod(a.shape[2:], dtype=np.int64)))
+
+
+def _channel_shape(ndim: int) -> tuple:
+    """Shape that broadcasts a (C,) vector against an (N, C, *spatial) array: (1, C, 1, ...)."""
+    return (1, -1) + (1,) * (ndim - 2)
+
+
+def _reduce_axes(ndim: int) -> tuple:
+    """Every axis but the channel axis: (0, 2, 3) for NCHW, (0,) for (N, C)."""
+    return (0,) + tuple(range(2, ndim))
+
+
+def _row(values: Any, length: int, dtype: Any) -> Any:
+    """Per-channel ``values`` (C,) repeated into one contiguous row (C * length,).
+
+    Broadcast over the batch axis of an ``(N, C*L)`` view, the row gives
+    channel c's value to every element of channel c.
+    """
+    xp = get_array_module(values)
+    return xp.repeat(values.astype(dtype, copy=False), length)
+
+
+def _batch_slices(n: int, row_bytes: int, xp: Any) -> list:
+    """Slices of the batch axis of about ``_CHUNK_BYTES`` each (one slice on the GPU)."""
+    if xp is not np:
+        return [slice(0, n)]  # no cache to block for; fewer, larger kernels are better
+    step = max(1, _CHUNK_BYTES // max(1, row_bytes))
+    return [slice(start, min(n, start + step)) for start in range(0, n, step)]
+
+
+def channel_sum(a3: Any) -> Any:
+    """Per-channel sum of an ``(N, C, L)`` array, as float64 ``(C,)``.
+
+    ``ones(N) @ a.reshape(N, C*L)`` sums over the batch with one BLAS
+    matrix-vector product (multi-threaded, one pass over ``a``); the
+    ``(C, L)`` remainder is small.
+    """
+    xp = get_array_module(a3)
+    n, c, length = a3.shape
+    ones = xp.ones(n, dtype=a3.dtype)
+    over_batch = ones @ a3.reshape(n, c * length)
+    return over_batch.reshape(c, length).sum(axis=1, dtype=xp.float64)
+
+
+def channel_dot(a3: Any, b3: Any) -> Any:
+    """Per-channel dot product ``sum over n, l of a[n, c, l] * b[n, c, l]``, as float64 ``(C,)``."""
+    xp = get_array_module(a3, b3)
+    return xp.einsum("ncl,ncl->c", a3, b3).astype(xp.float64)
+
+
+def _centered_channel_dot(g3: Any, x3: Any, mean: Any, centred_out: Any = None) -> Any:
+    """``sum(g * (x - mean))`` per channel, float64 (C,), centring slice by slice.
+
+    Not ``channel_dot(g, x) - mean * channel_sum(g)``: see "Numerical care" in
+    the module docstring. The centred values go to a small scratch buffer that
+    stays in cache, or, when the caller passes ``centred_out`` (an array of
+    shape ``(N, C*L)``), into that array, for the caller to reuse.
+    """
+    xp = get_array_module(g3, x3)
+    n, c, length = x3.shape
+    x2 = x3.reshape(n, c * length)
+    mean_row = _row(mean, length, x3.dtype)
+    slices = _batch_slices(n, c * length * x3.itemsize, xp)
+    if centred_out is None:
+        scratch = xp.empty((slices[0].stop - slices[0].start, c * length), dtype=x3.dtype)
+    total = xp.zeros(c, dtype=xp.float64)
+    for s in slices:
+        centred = scratch[: s.stop - s.start] if centred_out is None else centred_out[s]
+        xp.subtract(x2[s], mean_row, out=centred)
+        total += channel_dot(g3[s], centred.reshape(-1, c, length))
+    return total
+
+
+# ---------------------------------------------------------------------------
+# Training mode
+# ---------------------------------------------------------------------------
+
+
+def batch_norm_train_forward_reference(x: Any, weight: Any, bias: Any, eps: float) -> tuple:
+    """Training-mode forward, written as the formulas read (see the module docstring).
+
+    Args:
+        x: ``(N, C, *spatial)`` with at least two values per channel.
+        weight, bias: ``(C,)`` or None (None: gamma = 1, beta = 0).
+        eps: added to the variance before the square root.
+
+    Returns:
+        ``(y, mean, var, inv_std)``: y has x's shape; the others are ``(C,)``,
+        var is the biased batch variance. All in x's dtype.
+    """
+    xp = get_array_module(x)
+    axes = _reduce_axes(x.ndim)
+    shape = _channel_shape(x.ndim)
+    mean = x.mean(axis=axes)
+    var = x.var(axis=axes)  # ddof=0: the biased variance
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    y = xhat
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y, mean, var, inv_std
+
+
+def batch_norm_train_forward(x: Any, weight: Any, bias: Any, eps: float) -> tuple:
+    """Training-mode forward, fast path: same contract as :func:`batch_norm_train_forward_reference`.
+
+    Passes over memory: one BLAS pass for the means; then, slice by slice,
+    ``y = x - mean`` written straight into the output buffer and the sum of
+    its squares taken while the slice is in cache; then ``y *= gamma * s;
+    y += beta`` in place, again slice by slice. Saves nothing but what it
+    returns: backward recomputes the centred values from x.
+    """
+    xp = get_array_module(x)
+    x3 = _as_ncl(x)
+    n, c, length = x3.shape
+    m = n * length
+    dtype = x3.dtype
+    x2 = x3.reshape(n, c * length)
+
+    mean = (channel_sum(x3) / m).astype(dtype)
+    mean_row = _row(mean, length, dtype)
+    y2 = xp.empty_like(x2)
+    slices = _batch_slices(n, c * length * x3.itemsize, xp)
+    sum_sq = xp.zeros(c, dtype=xp.float64)
+    for s in slices:
+        centred = y2[s]
+        xp.subtract(x2[s], mean_row, out=centred)
+        centred3 = centred.reshape(-1, c, length)
+        sum_sq += channel_dot(centred3, centred3)
+    var = sum_sq / m
+    inv_std = 1.0 / xp.sqrt(var + eps)
+
+    scale = inv_std if weight is None else inv_std * weight.astype(xp.float64)
+    scale_row = _row(scale, length, dtype)
+    bias_row = None if bias is None else _row(bias, length, dtype)
+    for s in slices:
+        out = y2[s]
+        out *= scale_row
+        if bias_row is not None:
+            out += bias_row
+    return y2.reshape(x.shape), mean, var.astype(dtype), inv_std.astype(dtype)
+
+
+def batch_norm_train_backward_reference(
+    grad: Any, x: Any, mean: Any, inv_std: Any, weight: Any
+) -> tuple:
+    """Training-mode backward, the closed form of the module docstring as written.
+
+    Args:
+        grad: dL/dy, x's shape.
+        x: the forward input.
+        mean, inv_std: ``(C,)`` batch statistics returned by the forward.
+        weight: ``(C,)`` gamma, or None for gamma = 1.
+
+    Returns:
+        ``(dx, dweight, dbias)``: dx has x's shape, the others ``(C,)``
+        (computed even when the layer has no weight/bias; the caller drops them).
+    """
+    axes = _reduce_axes(x.ndim)
+    shape = _channel_shape(x.ndim)
+    m = x.size // x.shape[1]
+    xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    dbias = grad.sum(axis=axes)
+    dweight = (grad * xhat).sum(axis=axes)
+    gamma = 1.0 if weight is None else weight.reshape(shape)
+    dx = (gamma * inv_std.reshape(shape) / m) * (
+        m * grad - dbias.reshape(shape) - xhat * dweight.reshape(shape)
+    )
+    return dx, dweight, dbias
+
+
+def batch_norm_train_backward(
+    grad: Any,
+    x: Any,
+    mean: Any,
+    inv_std: Any,
+    weight: Any,
+    need_dx: bool = True,
+) -> tuple:
+    """Training-mode backward, fast path: same contract as the reference.
+
+    ``need_dx=False`` skips the input gradient (returns None for it), e.g. for
+    a first layer whose input needs no gradient.
+
+    Passes: one BLAS pass for dbias = sum(g); one that writes x - mean into
+    the dx buffer and takes dgamma = s * sum(g * (x - mean)) slice by slice
+    while it is in cache; one that turns the buffer into dx, written as
+    ``a * g + b * (x - mean) + c`` with per-channel a, b, c::
+
+        a = gamma * s,   b = -gamma * s^3 * sum(g (x - mu)) / m,   c = -gamma * s * sum(g) / m
+
+    which is the closed form with xhat = (x - mu) s expanded.
+    """
+    xp = get_array_module(grad, x)
+    x3 = _as_ncl(x)
+    g3 = _as_ncl(grad)
+    n, c, length = x3.shape
+    m = n * length
+    dtype = x3.dtype
+
+    sum_g = channel_sum(g3)
+    # The centred values x - mean are written straight into the buffer that
+    # will hold dx: the dx pass then starts from them instead of reading x again.
+    dx2 = xp.empty((n, c * length), dtype=dtype) if need_dx else None
+    sum_g_centred = _centered_channel_dot(g3, x3, mean, centred_out=dx2)
+    s = inv_std.astype(xp.float64)
+    dbias = sum_g
+    dweight = sum_g_centred * s
+    if not need_dx:
+        return None, dweight.astype(dtype), dbias.astype(dtype)
+
+    gamma = xp.ones(c, dtype=xp.float64) if weight is None else weight.astype(xp.float64)
+    a = gamma * s
+    b = -gamma * s**3 * sum_g_centred / m
+    c_shift = -gamma * s * sum_g / m
+    a_row, b_row, c_row = _row(a, length, dtype), _row(b, length, dtype), _row(c_shift, length, dtype)
+
+    g2 = g3.reshape(n, c * length)
+    slices = _batch_slices(n, c * length * x3.itemsize, xp)
+    scratch = xp.empty((slices[0].stop - slices[0].start, c * length), dtype=dtype)
+    for sl in slices:
+        out = dx2[sl]  # holds x - mean
+        out *= b_row
+        scaled_g = scratch[: sl.stop - sl.start]
+        xp.multiply(g2[sl], a_row, out=scaled_g)
+        out += scaled_g
+        out += c_row
+    return dx2.reshape(x.shape), dweight.astype(dtype), dbias.astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation mode: a fixed per-channel affine map
+# ---------------------------------------------------------------------------
+
+
+def batch_norm_eval_forward_reference(
+    x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any, eps: float
+) -> Any:
+    """Evaluation-mode forward as written: normalise with the running statistics.
+
+    Args:
+        x: ``(N, C, *spatial)``; any N, even 1.
+        running_mean, running_var: ``(C,)``.
+        weight, bias: ``(C,)`` or None.
+
+    Returns:
+        y, x's shape and dtype.
+    """
+    xp = get_array_module(x)
+    shape = _channel_shape(x.ndim)
+    inv_std = 1.0 / xp.sqrt(running_var + eps)
+    y = (x - running_mean.reshape(shape)) * inv_std.reshape(shape)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y.astype(x.dtype, copy=False)
+
+
+def batch_norm_eval_forward(
+    x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any, eps: float
+) -> Any:
+    """Evaluation-mode forward, fast path: ``y = x * scale + shift`` per channel.
+
+    ``scale = gamma * s`` and ``shift = beta - mean * scale`` fold the four
+    operations of the reference into two (as PyTorch's CPU kernel does),
+    computed slice by slice so the second finds the slice in cache.
+    """
+    xp = get_array_module(x)
+    x3 = _as_ncl(x)
+    n, c, length = x3.shape
+    dtype = x3.dtype
+    s = 1.0 / xp.sqrt(running_var.astype(xp.float64) + eps)
+    scale = s if weight is None else s * weight.astype(xp.float64)
+    shift = -running_mean.astype(xp.float64) * scale
+    if bias is not None:
+        shift = shift + bias.astype(xp.float64)
+    scale_row, shift_row = _row(scale, length, dtype), _row(shift, length, dtype)
+    x2 = x3.reshape(n, c * length)
+    y2 = xp.empty_like(x2)
+    for sl in _batch_slices(n, c * length * x3.itemsize, xp):
+        out = y2[sl]
+        xp.multiply(x2[sl], scale_row, out=out)
+        out += shift_row
+    return y2.reshape(x.shape)
+
+
+def batch_norm_eval_backward_reference(
+    grad: Any, x: Any, mean: Any, inv_std: Any, weight: Any
+) -> tuple:
+    """Evaluation-mode backward as written: the affine map's gradients.
+
+    ``mean`` and ``inv_std`` are the constants the forward used (running mean
+    and ``1/sqrt(running_var + eps)``). Returns ``(dx, dweight, dbias)``.
+    """
+    axes = _reduce_axes(x.ndim)
+    shape = _channel_shape(x.ndim)
+    xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    gamma = 1.0 if weight is None else weight.reshape(shape)
+    dx = grad * gamma * inv_std.reshape(shape)
+    return dx.astype(x.dtype, copy=False), (grad * xhat).sum(axis=axes), grad.sum(axis=axes)
+
+
+def batch_norm_eval_backward(
+    grad: Any,
+    x: Any,
+    mean: Any,
+    inv_std: Any,
+    weight: Any,
+    need_dx: bool = True,
+    need_dparams: bool = True,
+) -> tuple:
+    """Evaluation-mode backward, fast path: same contract as the reference.
+
+    dx is one multiplication. The parameter sums (skipped when
+    ``need_dparams`` is False, returning None for both) use the same
+    BLAS sum and centred dot product as training mode.
+    """
+    xp = get_array_module(grad, x)
+    g3 = _as_ncl(grad)
+    n, c, length = g3.shape
+    dtype = g3.dtype
+    dweight = dbias = dx = None
+    if need_dparams:
+        x3 = _as_ncl(x)
+        dbias = channel_sum(g3).astype(dtype)
+        dweight = (_centered_channel_dot(g3, x3, mean) * inv_std.astype(xp.float64)).astype(dtype)
+    if need_dx:
+        a = inv_std.astype(xp.float64)
+        if weight is not None:
+            a = a * weight.astype(xp.float64)
+        dx = xp.multiply(g3.reshape(n, c * length), _row(a, length, dtype)).reshape(grad.shape)
+    return dx, dweight, dbias
+
+
+# ---------------------------------------------------------------------------
+# Running statistics
+# ---------------------------------------------------------------------------
+
+
+def update_running_stats(
+    running_mean: Any, running_var: Any, batch_mean: Any, batch_var: Any, count: int, momentum: float
+) -> None:
+    """Update the running averages IN PLACE with PyTorch's rule (module docstring).
+
+    Args:
+        running_mean, running_var: ``(C,)`` arrays, overwritten.
+        batch_mean, batch_var: ``(C,)`` this batch's mean and BIASED variance.
+        count: values per channel in the batch (m = N * H * W), at least 2.
+        momentum: weight of the new batch, in [0, 1].
+    """
+    if count < 2:
+        raise ValueError(f"the unbiased variance needs at least 2 values per channel, got {count}")
+    xp = get_array_module(running_mean)
+    unbiased = batch_var.astype(xp.float64) * (count / (count - 1))
+    new_mean = (1.0 - momentum) * running_mean.astype(xp.float64) + momentum * batch_mean.astype(xp.float64)
+    new_var = (1.0 - momentum) * running_var.astype(xp.float64) + momentum * unbiased
+    running_mean[...] = new_mean  # assignment into the existing buffer: the caller's array changes
+    running_var[...] = new_var

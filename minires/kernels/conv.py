@@ -1,0 +1,544 @@
+"""2-D convolution on raw arrays: the mathematics, a readable reference, a fast path.
+
+Shapes (PyTorch's): input x (N, C, H, W), weight (C_out, C, kH, kW), optional
+bias (C_out,), output y (N, C_out, H_out, W_out) with
+
+    H_out = floor((H + 2 pH - dH (kH - 1) - 1) / sH) + 1      (same for W)
+
+    y[n, o, h, w] = b[o] + sum_{c, i, j} weight[o, c, i, j] * x_pad[n, c, h sH + i dH, w sW + j dW]
+
+(strictly a cross-correlation, as in every deep-learning library).
+
+Forward as one matrix product
+-----------------------------
+With ``cols = im2col(x)`` of shape (N, C kH kW, L) (see :mod:`.im2col`),
+``y = W_mat @ cols`` where ``W_mat = weight.reshape(C_out, C kH kW)``.
+
+Backward
+--------
+Given the upstream gradient ``g = dLoss/dy`` (same shape as y):
+
+* ``d bias = sum of g over (n, h, w)``: the bias is added at every position.
+* ``d weight = sum_n g[n] @ cols[n]^T``: one more matrix product with the
+  SAME columns (each weight met exactly the pixels in its column).
+* ``d cols = W_mat^T @ g`` and ``d x = col2im(d cols)``: col2im is the adjoint
+  of im2col, so it routes each column's gradient back to the pixels it was
+  copied from, summing where windows overlapped.
+
+The reference functions below are exactly these formulas.
+
+Why a second, fast path, and what it does differently
+-----------------------------------------------------
+The reference is correct but slow on a CPU. For a 3x3 convolution, im2col
+writes 9 copies of the input and col2im reads 9 back with read-modify-write
+passes; at CIFAR sizes (batch 128, 16 channels, 32x32) that is 75 MB per
+layer, far more than any cache, and the matrix products starve while memory
+traffic dominates. The fast path keeps the same mathematics and changes five
+things, each one measured (``benchmarks/bench_layers.py``; numbers in
+``benchmarks/README.md``):
+
+1. **Channels-last inside, NCHW outside.** Each chunk of images is copied
+   into a zero-bordered buffer in (row, image, column, channel) order, so the
+   C values of a pixel are adjacent and the copies below move runs of
+   ``kW * C`` numbers instead of single floats. Results come out of the GEMMs
+   in the same order and are transposed back to NCHW while still in cache,
+   so the arrays crossing the API are ordinary C-contiguous NCHW.
+2. **Unfold the width only: 3 copies, not 9.** Instead of full im2col, each
+   pixel is copied kW times (its row of windows, see :class:`_RowWindows`),
+   and the kH kernel rows become kH matrix products on row ranges of that
+   buffer, summed: ``y = sum_i tap(i) @ W_i``. Because rows of the buffer
+   are adjacent in memory, ``tap(i)`` is a plain 2-D view that BLAS reads
+   directly. Same arithmetic, a third of the copying.
+3. **Chunks that fit in cache.** The batch is processed a few images at a
+   time (about 2 million multiply-adds per chunk), so the buffers of one
+   chunk stay in the core's L2 cache and are reused by the next. The
+   full-batch column matrix never exists; the backward pass recomputes a
+   chunk's columns rather than saving them (recomputing in cache is cheaper
+   than writing them to memory and reading them back).
+4. **Both cores, all the time.** NumPy copies run on one core, BLAS on all.
+   Chunks are dealt to a small thread pool (NumPy releases the GIL inside
+   copies and BLAS calls) while BLAS is limited to one thread, so the threads
+   share the cores instead of queueing behind each other's BLAS calls. This
+   needs the ``threadpoolctl`` package; without it the chunks run one after
+   another on the calling thread and BLAS keeps its own threads.
+5. **No scatter for d x when the stride is 1.** Substituting
+   h = h_out - i dH + pH into the forward sum shows that for unit stride
+
+       d x = conv(g padded by dH (kH - 1) - pH,
+                  weight flipped in i and j with C and C_out swapped, same dilation)
+
+   i.e. the input gradient is itself a convolution (the "transposed
+   convolution") and reuses the machinery above: copies and GEMMs, no
+   read-modify-write scatter. For stride > 1 the adjoint is applied step by
+   step (GEMM, then kH + kW strided slice-adds per chunk, in cache).
+
+On CuPy there is no point in chunks or threads: the GPU wants one large launch,
+so the fast path runs with the whole batch as a single chunk and the same
+code serves both array modules.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any, Callable, Sequence
+
+from ..backend import get_array_module
+from .im2col import col2im, im2col, output_hw
+
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward",
+    "conv2d_forward_reference",
+    "conv2d_backward_reference",
+    "num_threads",
+    "run_chunks",
+]
+
+Pair = tuple[int, int]
+
+
+# ---------------------------------------------------------------------------
+# Reference path: im2col + GEMM, col2im for the input gradient
+# ---------------------------------------------------------------------------
+
+
+def conv2d_forward_reference(
+    x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, dilation: Pair
+) -> Any:
+    """y = W_mat @ im2col(x) (+ bias): the textbook formulation.
+
+    Args:
+        x: (N, C, H, W). weight: (C_out, C, kH, kW). bias: (C_out,) or None.
+        stride, padding, dilation: (height, width) pairs, already validated.
+
+    Returns:
+        y: (N, C_out, H_out, W_out), dtype of x.
+    """
+    n, _, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    ho, wo = output_hw((h, w), (kh, kw), stride, padding, dilation)
+    cols = im2col(x, (kh, kw), stride, padding, dilation)  # (N, C kH kW, L)
+    y = weight.reshape(c_out, -1) @ cols  # (C_out, K) @ (N, K, L) -> (N, C_out, L)
+    if bias is not None:
+        y += bias.reshape(1, c_out, 1)
+    return y.reshape(n, c_out, ho, wo)
+
+
+def conv2d_backward_reference(
+    x: Any,
+    weight: Any,
+    grad_out: Any,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    needs_input_grad: Sequence[bool] = (True, True, True),
+) -> tuple[Any, Any, Any]:
+    """Gradients of the reference forward: (d x, d weight, d bias).
+
+    Args:
+        x, weight: as given to the forward. grad_out: (N, C_out, H_out, W_out).
+        needs_input_grad: which of (x, weight, bias) need a gradient; the
+            others are returned as None.
+
+    Returns:
+        (grad_x (N, C, H, W) | None, grad_weight (C_out, C, kH, kW) | None,
+        grad_bias (C_out,) | None).
+    """
+    need_x, need_w, need_b = (tuple(needs_input_grad) + (False, False, False))[:3]
+    n, c, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    g = grad_out.reshape(n, c_out, -1)  # (N, C_out, L)
+    grad_x = grad_w = grad_b = None
+    if need_b:
+        grad_b = grad_out.sum(axis=(0, 2, 3))
+    if need_w:
+        cols = im2col(x, (kh, kw), stride, padding, dilation)  # (N, K, L)
+        # sum over n of g[n] @ cols[n]^T
+        grad_w = (g @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(weight.shape)
+    if need_x:
+        dcols = weight.reshape(c_out, -1).T @ g  # (K, C_out) @ (N, C_out, L) -> (N, K, L)
+        grad_x = col2im(dcols, (n, c, h, w), (kh, kw), stride, padding, dilation)
+    return grad_x, grad_w, grad_b
+
+
+# ---------------------------------------------------------------------------
+# Threads: a pool for the chunks, BLAS limited to one thread meanwhile
+# ---------------------------------------------------------------------------
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()  # one parallel region at a time (see run_chunks)
+_blas_state: dict[str, Any] = {"checked": False, "controller": None}
+
+# Below this many multiply-adds a problem is too small to be worth a thread hand-off (tens of microseconds).
+_MIN_PARALLEL_WORK = 1 << 20
+
+
+def num_threads() -> int:
+    """Threads the CPU kernels use: ``MINIRES_NUM_THREADS`` if set, else the usable cores."""
+    env = os.environ.get("MINIRES_NUM_THREADS", "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ValueError(f"MINIRES_NUM_THREADS must be a positive integer, got {env!r}") from None
+        if value < 1:
+            raise ValueError(f"MINIRES_NUM_THREADS must be a positive integer, got {env!r}")
+        return value
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _blas_controller() -> Any:
+    """threadpoolctl's controller, or None when the package is missing."""
+    if not _blas_state["checked"]:
+        _blas_state["checked"] = True
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas_state["controller"] = None
+        else:
+            _blas_state["controller"] = ThreadpoolController()
+    return _blas_state["controller"]
+
+
+def run_chunks(xp: Any, n_items: int, chunk: int, work: Callable[[list[int]], Any], flops: int = 0) -> list[Any]:
+    """Split ``range(n_items)`` into chunks of ``chunk`` and hand them to ``work``.
+
+    ``work(starts)`` processes the chunks beginning at each index in ``starts``
+    (so each thread allocates its scratch buffers once) and returns a value;
+    the list of those values (one per thread) is returned.
+
+    On NumPy with more than one thread, ``threadpoolctl`` installed and a
+    problem of at least ``_MIN_PARALLEL_WORK`` multiply-adds (``flops``), the
+    chunks are dealt round-robin to the threads and BLAS is limited to one
+    thread for the duration: the threads then share the cores instead of each
+    BLAS call spawning its own. Otherwise all chunks run on the caller's thread.
+    """
+    starts = list(range(0, n_items, chunk))
+    threads = min(num_threads(), len(starts))
+    controller = _blas_controller() if xp.__name__ == "numpy" else None
+    if threads <= 1 or controller is None or flops < _MIN_PARALLEL_WORK:
+        return [work(starts)]
+    global _pool, _pool_size
+    # The lock makes concurrent callers take turns: two regions at once would
+    # oversubscribe the cores, and each would restore BLAS's thread count at
+    # a different moment.
+    with _pool_lock:
+        if _pool is None or _pool_size < threads - 1:
+            _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="minires-kernel")
+            _pool_size = threads - 1
+        with controller.limit(limits=1, user_api="blas"):
+            futures = [_pool.submit(work, starts[t::threads]) for t in range(1, threads)]
+            try:
+                results = [work(starts[0::threads])]  # the caller does its share too
+            finally:
+                wait(futures)  # never leave a worker writing into buffers after an error here
+            results += [f.result() for f in futures]
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Fast path building block: a chunk of images, unfolded along the width only
+# ---------------------------------------------------------------------------
+
+
+class _RowWindows:
+    """Scratch buffers holding a chunk of images unfolded along the WIDTH only.
+
+    Full im2col copies each pixel kH*kW times. Unfolding only the kW taps of
+    each row copies it kW times (3x instead of 9x for a 3x3 kernel); the kH
+    taps are then handled by kH matrix products on shifted, contiguous row
+    ranges of that buffer, added together::
+
+        y_rows = sum_i  tap(i) @ W_i        tap(i): (H_out*m*W_out, kW*C)
+                                            W_i:    (kW*C, C_out), W_i[(j, c), o] = weight[o, c, i, j]
+
+    Layout. ``padded`` is (rows, m, Wp, C): image rows outermost, then the
+    images of the chunk, then channels-last pixels. ``unfolded`` is
+    (sH, Q, m, W_out, kW, C): padded row ``q*sH + r`` is stored at [r, q], so
+    that for ANY stride the rows one tap needs (h_out*sH + i*dH for
+    h_out = 0..H_out-1) are the consecutive rows q = i*dH//sH + h_out of phase
+    r = i*dH % sH. Consecutive rows and the images inside them are adjacent in
+    memory, so ``tap(i)`` is a plain 2-D view: no copy, BLAS reads it directly.
+    Matrix rows are ordered (h_out, n, w_out).
+
+    ``padding`` may be negative (the transposed convolution of the backward
+    pass needs that): that many rows/columns are cropped from each side.
+    """
+
+    def __init__(
+        self,
+        xp: Any,
+        channels: int,
+        in_hw: Pair,
+        kernel: Pair,
+        stride: Pair,
+        padding: Pair,
+        dilation: Pair,
+        out_hw: Pair,
+        dtype: Any,
+    ) -> None:
+        self.xp, self.channels, self.dtype = xp, channels, dtype
+        self.in_hw, self.kernel, self.stride, self.padding, self.dilation, self.out_hw = (
+            in_hw, kernel, stride, padding, dilation, out_hw,
+        )
+        (kh, _), (sh, _), (dh, _) = kernel, stride, dilation
+        self.hp, self.wp = in_hw[0] + 2 * padding[0], in_hw[1] + 2 * padding[1]
+        self.q = max(i * dh // sh for i in range(kh)) + out_hw[0]  # rows per phase
+        # Phase r of the last q may point past the padded input: extra zero rows.
+        self.rows = max(self.hp, self.q * sh)
+        # kW == 1 with unit stride: the padded buffer already is the unfolded one.
+        self.direct = kernel[1] == 1 and stride == (1, 1)
+        self.m = 0
+
+    def _allocate(self, m: int) -> None:
+        # Sized for exactly m images so that tap() stays one 2-D view; only the
+        # last, smaller chunk of a batch causes a second allocation.
+        xp = self.xp
+        self.m = m
+        make = xp.zeros if max(self.padding) > 0 or self.rows > self.hp else xp.empty
+        self.padded = make((self.rows, m, self.wp, self.channels), dtype=self.dtype)
+        if not self.direct:
+            (_, kw), (sh, _) = self.kernel, self.stride
+            self.unfolded = xp.empty((sh, self.q, m, self.out_hw[1], kw, self.channels), dtype=self.dtype)
+
+    def fill(self, chunk: Any) -> None:
+        """Load ``chunk`` (m, C, H, W), any memory layout, and unfold it."""
+        m = chunk.shape[0]
+        if m != self.m:
+            self._allocate(m)
+        (ph, pw), (h, w) = self.padding, self.in_hw
+        lo_h, lo_w = max(ph, 0), max(pw, 0)  # where the image starts in the buffer
+        cut_h, cut_w = max(-ph, 0), max(-pw, 0)  # rows/cols cropped off each side
+        # Copy 1: NCHW -> (row, image, column, channel), inside the zero border.
+        self.padded[lo_h : lo_h + h - 2 * cut_h, :, lo_w : lo_w + w - 2 * cut_w, :] = chunk[
+            :, :, cut_h : h - cut_h, cut_w : w - cut_w
+        ].transpose(2, 0, 3, 1)
+        if self.direct:
+            return
+        (_, kw), (sh, sw), (_, dw) = self.kernel, self.stride, self.dilation
+        s_row, s_img, s_col, s_ch = self.padded.strides
+        windows = self.xp.lib.stride_tricks.as_strided(
+            self.padded,
+            shape=(sh, self.q, m, self.out_hw[1], kw, self.channels),
+            strides=(s_row, sh * s_row, s_img, sw * s_col, dw * s_col, s_ch),
+        )
+        self.unfolded[...] = windows  # copy 2: the width unfold (kW copies of each pixel)
+
+    def tap(self, i: int) -> Any:
+        """The (H_out*m*W_out, kW*C) matrix of kernel row i (a view)."""
+        (sh, _), (dh, _), (ho, wo) = self.stride, self.dilation, self.out_hw
+        phase, q0 = i * dh % sh, i * dh // sh
+        if self.direct:
+            return self.padded[q0 : q0 + ho].reshape(ho * self.m * wo, self.channels)
+        return self.unfolded[phase, q0 : q0 + ho].reshape(ho * self.m * wo, -1)
+
+
+def _phase_span(r: int, s: int, pad: int, size: int) -> tuple[int, int, int]:
+    """Padded positions q*s + r (q = 0, 1, ...) that are real pixels 0..size-1: (first q, end q, first pixel)."""
+    first = max(0, -(-(pad - r) // s))  # smallest q with q*s + r >= pad
+    end = max(first, (size - 1 + pad - r) // s + 1)  # one past the largest q with q*s + r - pad < size
+    return first, end, first * s + r - pad
+
+
+def _tap_weights(weight: Any) -> list[Any]:
+    """Weight (C_out, C, kH, kW) -> kH matrices (kW*C, C_out), rows in (j, c) order."""
+    c_out, c, kh, kw = weight.shape
+    xp = get_array_module(weight)
+    return [xp.ascontiguousarray(weight[:, :, i, :].transpose(2, 1, 0)).reshape(kw * c, c_out) for i in range(kh)]
+
+
+def _accumulate_taps(xp: Any, windows: _RowWindows, tap_weights: list[Any], out: Any, scratch: Any) -> Any:
+    """out = sum_i windows.tap(i) @ tap_weights[i]   (out and scratch: (rows, C_out) buffers)."""
+    xp.matmul(windows.tap(0), tap_weights[0], out=out)
+    for i in range(1, len(tap_weights)):
+        out += xp.matmul(windows.tap(i), tap_weights[i], out=scratch)
+    return out
+
+
+# How many images go into one chunk. A chunk should carry enough work to keep
+# BLAS efficient (about 2 million multiply-adds, and at least a few hundred
+# matrix rows), yet stay small enough for its buffers to live in the core's L2
+# cache. Every ResNet layer but the first does the same work per image, so in
+# practice: 1 image at 32x32 and 16x16, 4 at 8x8, 5 for the 3-channel stem.
+# Tuned with benchmarks/bench_layers.py on the 2-core machine described in
+# benchmarks/README.md.
+_CHUNK_WORK = 1 << 21
+_MIN_CHUNK_ROWS = 256
+
+
+def _images_per_chunk(xp: Any, n: int, work_per_image: int, rows_per_image: int) -> int:
+    if xp.__name__ != "numpy":
+        return max(n, 1)  # GPU: one big launch beats many small ones
+    by_work = -(-_CHUNK_WORK // max(work_per_image, 1))
+    by_rows = -(-_MIN_CHUNK_ROWS // max(rows_per_image, 1))
+    by_threads = -(-n // num_threads())  # ceil: leave every thread a chunk
+    return max(1, min(max(by_work, by_rows), by_threads))
+
+
+# ---------------------------------------------------------------------------
+# Fast path
+# ---------------------------------------------------------------------------
+
+
+def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, dilation: Pair) -> Any:
+    """Fast convolution forward (same result as :func:`conv2d_forward_reference`).
+
+    Args:
+        x: (N, C, H, W), any memory layout. weight: (C_out, C, kH, kW).
+        bias: (C_out,) or None. stride, padding, dilation: validated pairs.
+
+    Returns:
+        y: (N, C_out, H_out, W_out), C-contiguous, dtype of x.
+    """
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    ho, wo = output_hw((h, w), (kh, kw), stride, padding, dilation)
+    tap_w = _tap_weights(weight)
+    out = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
+    nb = _images_per_chunk(xp, n, ho * wo * kh * kw * c * c_out, ho * wo)
+
+    def work(starts: list[int]) -> None:
+        windows = _RowWindows(xp, c, (h, w), (kh, kw), stride, padding, dilation, (ho, wo), x.dtype)
+        result = xp.empty(nb * ho * wo * c_out, dtype=x.dtype)
+        scratch = xp.empty_like(result)
+        for n0 in starts:
+            m = min(nb, n - n0)
+            rows = m * ho * wo
+            windows.fill(x[n0 : n0 + m])
+            res = _accumulate_taps(
+                xp, windows, tap_w, result[: rows * c_out].reshape(rows, c_out), scratch[: rows * c_out].reshape(rows, c_out)
+            )
+            if bias is not None:
+                res += bias
+            # Rows are (h, n, w): back to NCHW while the chunk is still in cache.
+            out[n0 : n0 + m] = res.reshape(ho, m, wo, c_out).transpose(1, 3, 0, 2)
+
+    run_chunks(xp, n, nb, work, flops=n * ho * wo * c * kh * kw * c_out)
+    return out
+
+
+def conv2d_backward(
+    x: Any,
+    weight: Any,
+    grad_out: Any,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    needs_input_grad: Sequence[bool] = (True, True, True),
+) -> tuple[Any, Any, Any]:
+    """Fast convolution backward (same results as :func:`conv2d_backward_reference`).
+
+    d weight: for kernel row i, ``dW_i = g^T @ tap(i)`` with g as a (C_out,
+    rows) matrix whose rows match the forward's (h, n, w) order.
+
+    d x, unit stride: the transposed convolution (module docstring, point 4),
+    computed with the same row-unfold machinery on the output gradient.
+
+    d x, stride > 1: the adjoint of the forward, step by step: each
+    ``g @ W_i^T`` is added onto the unfolded rows tap(i) came from, then the
+    kW width taps are added back onto the padded pixels (kH + kW vectorised
+    slice-adds of chunk-sized, in-cache arrays instead of an element scatter).
+
+    Args:
+        x, weight: as given to the forward. grad_out: (N, C_out, H_out, W_out),
+            any memory layout.
+        needs_input_grad: which of (x, weight, bias) need a gradient.
+
+    Returns:
+        (grad_x (N, C, H, W) | None, grad_weight (C_out, C, kH, kW) | None,
+        grad_bias (C_out,) | None), dtype of x.
+    """
+    need_x, need_w, need_b = (tuple(needs_input_grad) + (False, False, False))[:3]
+    xp = get_array_module(x)
+    n, c, h, w = x.shape
+    c_out, _, kh, kw = weight.shape
+    ho, wo = grad_out.shape[2], grad_out.shape[3]
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    dtype = x.dtype
+    grad_b = grad_out.sum(axis=(0, 2, 3)) if need_b else None
+    if not (need_x or need_w):
+        return None, None, grad_b
+
+    unit_stride = stride == (1, 1)
+    grad_x = xp.empty((n, c, h, w), dtype=dtype) if need_x else None
+    if need_x and unit_stride:
+        # Transposed convolution: kernel flipped in i and j, C and C_out
+        # swapped, padding d(k-1) - p per side (negative means crop).
+        flipped = _tap_weights(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # kH x (kW*C_out, C)
+        t_pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
+    elif need_x:
+        # Strided: d x_pad = sum over taps (i, j) of g @ weight[:, :, i, j], each
+        # added at rows h_out*sH + i*dH and columns w_out*sW + j*dW. Those
+        # positions are strided, so the sums go into a buffer that keeps the
+        # padded rows (and columns) of each residue mod sH (sW) apart:
+        #   d_phases[r, q, n, rw, qw, c] = d x_pad[n, c, q*sH + r, qw*sW + rw]
+        # where tap (i, j) covers the CONTIGUOUS block q = i*dH//sH + h_out,
+        # qw = j*dW//sW + w_out of phase (i*dH % sH, j*dW % sW).
+        tap_w = [[xp.ascontiguousarray(weight[:, :, i, j]) for j in range(kw)] for i in range(kh)]  # (C_out, C)
+        q_rows = max(max(i * dh // sh for i in range(kh)) + ho, -(-(h + 2 * ph) // sh))
+        q_cols = max(max(j * dw // sw for j in range(kw)) + wo, -(-(w + 2 * pw) // sw))
+        # For each phase: which padded positions are real pixels, as (first q, end q, first pixel).
+        row_phases = [_phase_span(r, sh, ph, h) for r in range(sh)]
+        col_phases = [_phase_span(r, sw, pw, w) for r in range(sw)]
+    nb = _images_per_chunk(xp, n, ho * wo * kh * kw * c * c_out, ho * wo)
+
+    def work(starts: list[int]) -> Any:
+        g_t = xp.empty(c_out * nb * ho * wo, dtype=dtype)  # g as (C_out, rows), rows (h, n, w)
+        if need_w:
+            windows_x = _RowWindows(xp, c, (h, w), (kh, kw), stride, padding, dilation, (ho, wo), dtype)
+            grad_w_taps = xp.zeros((kh, c_out, kw * c), dtype=dtype)  # this thread's share
+            product = xp.empty((c_out, kw * c), dtype=dtype)
+        if need_x and unit_stride:
+            windows_g = _RowWindows(xp, c_out, (ho, wo), (kh, kw), (1, 1), t_pad, dilation, (h, w), dtype)
+            dx_rows = xp.empty(nb * h * w * c, dtype=dtype)
+            scratch = xp.empty_like(dx_rows)
+        elif need_x:
+            d_phases = xp.empty((sh, q_rows, nb, sw, q_cols, c), dtype=dtype)
+            d_tap = xp.empty(nb * ho * wo * c, dtype=dtype)
+        for n0 in starts:
+            m = min(nb, n - n0)
+            rows = m * ho * wo
+            g_chunk = grad_out[n0 : n0 + m]
+            g2d = g_t[: c_out * rows].reshape(c_out, rows)
+            g2d.reshape(c_out, ho, m, wo)[...] = g_chunk.transpose(1, 2, 0, 3)  # runs of W_out: a cheap copy
+            if need_w:
+                windows_x.fill(x[n0 : n0 + m])
+                for i in range(kh):
+                    grad_w_taps[i] += xp.matmul(g2d, windows_x.tap(i), out=product)
+            if need_x and unit_stride:
+                windows_g.fill(g_chunk)
+                rows_x = m * h * w
+                res = _accumulate_taps(
+                    xp, windows_g, flipped, dx_rows[: rows_x * c].reshape(rows_x, c), scratch[: rows_x * c].reshape(rows_x, c)
+                )
+                grad_x[n0 : n0 + m] = res.reshape(h, m, w, c).transpose(1, 3, 0, 2)
+            elif need_x:
+                acc = d_phases[:, :, :m]
+                acc[...] = 0
+                for i in range(kh):
+                    r, q0 = i * dh % sh, i * dh // sh
+                    for j in range(kw):
+                        rw, qw0 = j * dw % sw, j * dw // sw
+                        contrib = xp.matmul(g2d.T, tap_w[i][j], out=d_tap[: rows * c].reshape(rows, c))
+                        acc[r, q0 : q0 + ho, :, rw, qw0 : qw0 + wo, :] += contrib.reshape(ho, m, wo, c)
+                for r, (qa, qb, y0) in enumerate(row_phases):
+                    for rw, (qwa, qwb, x0) in enumerate(col_phases):
+                        if qb > qa and qwb > qwa:  # this phase holds real pixels (not only padding)
+                            grad_x[n0 : n0 + m, :, y0::sh, x0::sw] = acc[r, qa:qb, :, rw, qwa:qwb, :].transpose(1, 3, 0, 2)
+        return grad_w_taps if need_w else None
+
+    partials = run_chunks(xp, n, nb, work, flops=2 * n * ho * wo * c * kh * kw * c_out)
+    grad_w = None
+    if need_w:
+        total = partials[0]
+        for part in partials[1:]:
+            total = total + part
+        # (kH, C_out, kW*C) with (j, c) order -> (C_out, C, kH, kW)
+        grad_w = xp.ascontiguousarray(total.reshape(kh, c_out, kw, c).transpose(1, 3, 0, 2))
+    return grad_x, grad_w, grad_b

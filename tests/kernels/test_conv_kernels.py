@@ -1,0 +1,235 @@
+"""Convolution kernels: the fast path against the reference, both against PyTorch.
+
+The fast path splits the batch into chunks and may run them on several
+threads; the tests shrink the chunk size (so chunks need not divide the
+batch and the last one is smaller) and force the threaded path on tiny
+problems, so that the bookkeeping is exercised, not just the one-chunk case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from minires.kernels import conv as K
+
+threadpoolctl_missing = pytest.mark.skipif(
+    K._blas_controller() is None, reason="threadpoolctl is not installed: the threaded path is not used"
+)
+
+
+@contextlib.contextmanager
+def fast_path_settings(chunk_rows: int | None = None, threads: int | None = None, monkeypatch=None):
+    """Temporarily change the chunk size (in matrix rows), the thread count and the parallel threshold."""
+    old = K._CHUNK_WORK, K._MIN_CHUNK_ROWS, K._MIN_PARALLEL_WORK
+    try:
+        if chunk_rows is not None:
+            K._CHUNK_WORK, K._MIN_CHUNK_ROWS = 1, chunk_rows  # chunks of ceil(chunk_rows / rows per image) images
+        if threads is not None:
+            monkeypatch.setenv("MINIRES_NUM_THREADS", str(threads))
+            K._MIN_PARALLEL_WORK = 0  # thread even tiny problems
+        yield
+    finally:
+        K._CHUNK_WORK, K._MIN_CHUNK_ROWS, K._MIN_PARALLEL_WORK = old
+
+
+@st.composite
+def conv_cases(draw, max_side: int = 9):
+    """A convolution problem: shapes, geometry, bias flag, gradient flags, seed, chunk size."""
+    n = draw(st.integers(1, 4))
+    c = draw(st.integers(1, 5))
+    c_out = draw(st.integers(1, 5))
+    kernel = (draw(st.sampled_from([1, 2, 3, 5])), draw(st.sampled_from([1, 2, 3, 5])))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    hw = []
+    for a in (0, 1):
+        smallest = max(1, dilation[a] * (kernel[a] - 1) + 1 - 2 * padding[a])
+        hw.append(draw(st.integers(smallest, max(smallest, max_side))))
+    return {
+        "x": (n, c, hw[0], hw[1]),
+        "w": (c_out, c, kernel[0], kernel[1]),
+        "stride": stride,
+        "padding": padding,
+        "dilation": dilation,
+        "bias": draw(st.booleans()),
+        "needs": (draw(st.booleans()), draw(st.booleans()), draw(st.booleans())),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "chunk_rows": draw(st.sampled_from([1, 7, None])),  # None: the real setting
+    }
+
+
+def make(case, dtype=np.float64):
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal(case["x"]).astype(dtype)
+    w = rng.standard_normal(case["w"]).astype(dtype)
+    b = rng.standard_normal(case["w"][0]).astype(dtype) if case["bias"] else None
+    geometry = (case["stride"], case["padding"], case["dilation"])
+    y = K.conv2d_forward_reference(x, w, b, *geometry)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    return x, w, b, g, geometry
+
+
+def assert_close(actual, expected, rtol=1e-12):
+    if expected is None:
+        assert actual is None
+        return
+    scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+@given(conv_cases())
+def test_fast_forward_matches_reference(case):
+    x, w, b, _, geometry = make(case)
+    with fast_path_settings(case["chunk_rows"]):
+        fast = K.conv2d_forward(x, w, b, *geometry)
+    assert fast.flags.c_contiguous
+    assert_close(fast, K.conv2d_forward_reference(x, w, b, *geometry))
+
+
+@given(conv_cases())
+def test_fast_backward_matches_reference(case):
+    x, w, b, g, geometry = make(case)
+    needs = case["needs"][:2] + ((case["needs"][2] and b is not None),)
+    with fast_path_settings(case["chunk_rows"]):
+        fast = K.conv2d_backward(x, w, g, *geometry, needs_input_grad=needs)
+    reference = K.conv2d_backward_reference(x, w, g, *geometry, needs_input_grad=needs)
+    for got, want, needed in zip(fast, reference, needs):
+        assert (got is None) == (not needed)
+        assert_close(got, want)
+
+
+@threadpoolctl_missing
+@given(case=conv_cases())
+def test_threaded_chunks_give_the_same_result(case, monkeypatch_session):
+    x, w, b, g, geometry = make(case)
+    with fast_path_settings(chunk_rows=5, threads=2, monkeypatch=monkeypatch_session):
+        forward = K.conv2d_forward(x, w, b, *geometry)
+        backward = K.conv2d_backward(x, w, g, *geometry)
+    assert_close(forward, K.conv2d_forward_reference(x, w, b, *geometry))
+    for got, want in zip(backward, K.conv2d_backward_reference(x, w, g, *geometry)):
+        assert_close(got, want)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_session():
+    # Hypothesis runs many examples per test call; a module-scoped monkeypatch
+    # avoids the function-scoped-fixture health check and is undone at the end.
+    patcher = pytest.MonkeyPatch()
+    yield patcher
+    patcher.undo()
+
+
+def test_float32_stays_float32(rng):
+    x = rng.standard_normal((3, 4, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    y = K.conv2d_forward(x, w, b, (2, 1), (1, 1), (1, 1))
+    assert y.dtype == np.float32
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    for stride in ((1, 1), (2, 1)):
+        grads = K.conv2d_backward(x, w, g if stride == (2, 1) else rng.standard_normal((3, 5, 9, 8)).astype(np.float32),
+                                  stride, (1, 1), (1, 1))
+        assert [a.dtype for a in grads] == [np.float32] * 3
+
+
+def test_any_memory_layout_is_accepted(rng):
+    """Channels-last or sliced inputs give the same numbers as contiguous ones."""
+    x = rng.standard_normal((4, 3, 7, 6))
+    w = rng.standard_normal((2, 3, 3, 3))
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    x_strided = np.repeat(x, 2, axis=3)[:, :, :, ::2]
+    g = rng.standard_normal((4, 2, 7, 6))
+    g_strided = np.asfortranarray(g)
+    expected_y = K.conv2d_forward_reference(x, w, None, (1, 1), (1, 1), (1, 1))
+    expected = K.conv2d_backward_reference(x, w, g, (1, 1), (1, 1), (1, 1))
+    for xin in (x_nhwc, x_strided):
+        assert_close(K.conv2d_forward(xin, w, None, (1, 1), (1, 1), (1, 1)), expected_y)
+        for got, want in zip(K.conv2d_backward(xin, w, g_strided, (1, 1), (1, 1), (1, 1)), expected):
+            assert_close(got, want)
+
+
+def test_nothing_needed_returns_only_what_was_asked(rng):
+    x, w = rng.standard_normal((2, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))
+    g = rng.standard_normal((2, 3, 3, 3))
+    assert K.conv2d_backward(x, w, g, (1, 1), (0, 0), (1, 1), needs_input_grad=(False, False, False)) == (None, None, None)
+    gx, gw, gb = K.conv2d_backward(x, w, g, (1, 1), (0, 0), (1, 1), needs_input_grad=(False, False, True))
+    assert gx is None and gw is None
+    np.testing.assert_allclose(gb, g.sum(axis=(0, 2, 3)))
+
+
+def test_num_threads_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "3")
+    assert K.num_threads() == 3
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="MINIRES_NUM_THREADS must be a positive integer, got 'zero'"):
+        K.num_threads()
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "0")
+    with pytest.raises(ValueError, match="got '0'"):
+        K.num_threads()
+
+
+@given(conv_cases())
+def test_parity_with_torch(case):
+    torch = pytest.importorskip("torch", reason="torch is needed for the PyTorch parity checks")
+    x, w, b, g, geometry = make(case)
+    stride, padding, dilation = geometry
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True) if b is not None else None
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride, padding, dilation)
+    ty.backward(torch.from_numpy(g))
+    expected_grads = (tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy() if b is not None else None)
+    with fast_path_settings(case["chunk_rows"]):
+        y = K.conv2d_forward(x, w, b, *geometry)
+        grads = K.conv2d_backward(x, w, g, *geometry, needs_input_grad=(True, True, b is not None))
+    assert_close(y, ty.detach().numpy(), rtol=1e-10)
+    assert_close(K.conv2d_forward_reference(x, w, b, *geometry), ty.detach().numpy(), rtol=1e-10)
+    for got, want in zip(grads, expected_grads):
+        assert_close(got, want, rtol=1e-10)
+    for got, want in zip(K.conv2d_backward_reference(x, w, g, *geometry, needs_input_grad=(True, True, b is not None)),
+                         expected_grads):
+        assert_close(got, want, rtol=1e-10)
+
+
+def test_resnet_shapes_float32_parity_with_torch(rng):
+    """The shapes the benchmark times (batch cut to 4), in float32, against PyTorch."""
+    torch = pytest.importorskip("torch", reason="torch is needed for the PyTorch parity checks")
+    for c, c_out, size, stride in [(3, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (64, 64, 8, 1)]:
+        x = rng.standard_normal((4, c, size, size)).astype(np.float32)
+        w = (rng.standard_normal((c_out, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+        y = K.conv2d_forward(x, w, None, (stride, stride), (1, 1), (1, 1))
+        g = rng.standard_normal(y.shape).astype(np.float32)
+        gx, gw, _ = K.conv2d_backward(x, w, g, (stride, stride), (1, 1), (1, 1), needs_input_grad=(True, True, False))
+        tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+        ty = torch.nn.functional.conv2d(tx, tw, None, stride, 1)
+        ty.backward(torch.from_numpy(g))
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(gw, tw.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@threadpoolctl_missing
+def test_chunks_are_spread_over_threads(monkeypatch):
+    """The threaded path really runs: chunks are filled on more than one thread."""
+    import threading
+
+    seen = set()
+    original = K._RowWindows.fill
+
+    def spy(self, chunk):
+        seen.add(threading.get_ident())
+        return original(self, chunk)
+
+    monkeypatch.setattr(K._RowWindows, "fill", spy)
+    x = np.random.default_rng(0).standard_normal((6, 2, 5, 5))
+    w = np.random.default_rng(1).standard_normal((3, 2, 3, 3))
+    with fast_path_settings(chunk_rows=25, threads=2, monkeypatch=monkeypatch):
+        y = K.conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1))
+    assert len(seen) == 2
+    assert_close(y, K.conv2d_forward_reference(x, w, None, (1, 1), (1, 1), (1, 1)))
