@@ -1,0 +1,301 @@
+"""Checkpoints: save and load a training run's whole state, safely.
+
+A checkpoint is everything needed to continue a run as if it had never
+stopped: the model's ``state_dict`` (parameters and buffers such as batch-norm
+running statistics), the optimiser's momentum buffers, the learning-rate
+schedule's position, the epoch and global step, the random-number generator
+states, the run's configuration and the metrics so far. The caller builds that
+as one nested structure of dicts, lists, tuples, Python scalars, strings and
+arrays; this module only stores it and gives it back.
+
+The file format is a plain NumPy ``.npz`` (a zip of ``.npy`` arrays), chosen
+because it can be read without ``pickle``. Pickle runs arbitrary code while it
+loads, so a checkpoint downloaded from somewhere would be a program, not data.
+Here every array is stored as its own entry and everything else goes into one
+JSON document, the ``__meta__`` entry::
+
+    __meta__            uint8 array: UTF-8 JSON {format, version, sha256, arrays, state}
+    a/0 ... a/N         the arrays, in the order they were met in ``state``
+
+Inside ``state`` an array is replaced by ``{"__array__": "a/3"}``. JSON cannot
+tell a tuple from a list or keep integer dictionary keys (``optimizer.state``
+is keyed by parameter index, as in PyTorch), so those are wrapped too
+(``{"__tuple__": [...]}``, ``{"__items__": [[key, value], ...]}``). Loading uses
+``allow_pickle=False``: an object array in a tampered file is refused by NumPy.
+
+Damage is detected twice. The zip format keeps a CRC-32 per entry, which
+catches truncation and most flipped bytes; on top of that ``__meta__`` records
+a SHA-256 over every array's name, dtype, shape and bytes, so an entry swapped
+or rewritten by hand is caught as well. Either way :class:`CheckpointError`
+names the file and says what is wrong.
+
+Writes are atomic: the file is written to a temporary name in the same
+directory, flushed and ``fsync``-ed, then ``os.replace``-d over the target, and
+the directory is ``fsync``-ed so the rename itself survives a power cut. A
+crash at any moment leaves either the old checkpoint or the new one, never a
+half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import numpy as np
+
+from . import backend
+from .tensor import Tensor
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "atomic_write",
+    "atomic_write_bytes",
+    "fsync_directory",
+]
+
+FORMAT = "minires-checkpoint"
+FORMAT_VERSION = 1
+_META_KEY = "__meta__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, damaged, of an unknown format, or does not
+    fit the model it is being loaded into."""
+
+
+# ---------------------------------------------------------------------------
+# Atomic file writing (also used for metrics files)
+# ---------------------------------------------------------------------------
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flush a directory entry to disk so that a rename inside it is durable.
+
+    Not every platform can open a directory (Windows cannot); there the rename
+    is as durable as the OS makes it and this is a no-op.
+    """
+    try:
+        fd = os.open(os.fspath(directory), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Create or replace ``path`` with what ``write(file)`` writes, atomically.
+
+    Readers see the old file or the new one, never a mix: the data goes to a
+    temporary file in the same directory (``os.replace`` is only atomic
+    within one file system), which is flushed, ``fsync``-ed and renamed over
+    ``path``; then the directory is ``fsync``-ed so the rename is durable.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Also on KeyboardInterrupt: never leave a stray temp file behind.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_directory(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """:func:`atomic_write` of a bytes object (metrics files, config.json)."""
+    atomic_write(path, lambda f: f.write(data))
+
+
+# ---------------------------------------------------------------------------
+# Nested state <-> (JSON tree, flat dict of arrays)
+# ---------------------------------------------------------------------------
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or backend.device_of(x).type == "cuda"
+
+
+def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
+    """Turn ``obj`` into JSON-able data, moving arrays into ``arrays``."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.generic):
+        # A NumPy scalar keeps its dtype (np.float32(0.1) is not the float 0.1).
+        key = f"a/{len(arrays)}"
+        arrays[key] = np.asarray(obj)
+        return {"__scalar__": key}
+    if _is_array(obj):
+        key = f"a/{len(arrays)}"
+        # (np.ascontiguousarray would turn a 0-d array into shape (1,))
+        host = np.asarray(backend.to_device(obj, "cpu"), order="C")
+        if host.dtype == np.dtype(object):
+            raise TypeError(f"cannot checkpoint an object array at {where}: only numeric arrays are stored")
+        arrays[key] = host
+        return {"__array__": key}
+    if isinstance(obj, Tensor):
+        # A Tensor in a state dict: store its values (gradients are not state).
+        return _encode(obj.data, arrays, where)
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in obj):
+            return {k: _encode(v, arrays, f"{where}.{k}") for k, v in obj.items()}
+        items = []
+        for k, v in obj.items():
+            if not isinstance(k, (str, int, bool, float, type(None))):
+                raise TypeError(f"cannot checkpoint dict key {k!r} ({type(k).__name__}) at {where}")
+            items.append([k, _encode(v, arrays, f"{where}[{k!r}]")])
+        return {"__items__": items}
+    raise TypeError(
+        f"cannot checkpoint a {type(obj).__name__} at {where}: only dicts, lists, tuples, "
+        "None/bool/int/float/str and arrays are stored (no pickle)"
+    )
+
+
+def _decode(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """Inverse of :func:`_encode`."""
+    if isinstance(obj, list):
+        return [_decode(v, arrays) for v in obj]
+    if isinstance(obj, dict):
+        if len(obj) == 1:
+            (tag, value), = obj.items()
+            if tag == "__array__":
+                return arrays[value]
+            if tag == "__scalar__":
+                return arrays[value][()]
+            if tag == "__tuple__":
+                return tuple(_decode(v, arrays) for v in value)
+            if tag == "__items__":
+                return {k: _decode(v, arrays) for k, v in value}
+        return {k: _decode(v, arrays) for k, v in obj.items()}
+    return obj
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.asarray(arrays[key], order="C")
+        h.update(key.encode())
+        h.update(a.dtype.str.encode())
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` (a nested dict of arrays and plain data) to ``path`` atomically.
+
+    Args:
+        path: target file, conventionally ``*.npz``; its directory must exist.
+        state: dicts (string or integer keys), lists, tuples, None, bool, int,
+            float, str, NumPy/CuPy arrays (CuPy arrays are copied to the host)
+            and NumPy scalars, nested freely.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: ``state`` holds something that cannot be stored without pickle.
+    """
+    path = Path(path)
+    if not isinstance(state, dict):
+        raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
+    arrays: dict[str, np.ndarray] = {}
+    tree = _encode(state, arrays, "state")
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "sha256": _digest(arrays),
+        "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
+        "state": tree,
+    }
+    meta_bytes = json.dumps(meta, allow_nan=True).encode("utf-8")
+    entries = {_META_KEY: np.frombuffer(meta_bytes, dtype=np.uint8), **arrays}
+    # Uncompressed: parameters hardly compress and saving every epoch should be cheap.
+    atomic_write(path, lambda f: np.savez(f, **entries))
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` and verify it.
+
+    Returns:
+        The nested state, arrays as NumPy arrays on the host.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, corrupted (CRC or
+            SHA-256 mismatch), not a minires checkpoint, or of a newer format
+            version. The message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files)
+            if _META_KEY not in names:
+                raise CheckpointError(
+                    f"{path} is not a minires checkpoint: it has no {_META_KEY!r} entry (entries: {names[:5]})"
+                )
+            # Reading an entry checks its zip CRC-32, so damage surfaces here.
+            meta_raw = npz[_META_KEY]
+            arrays = {k: npz[k] for k in names if k != _META_KEY}
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        # zipfile, NumPy's .npy reader and the OS raise a zoo of exception types
+        # for damaged files (BadZipFile, EOFError, ValueError, NotImplementedError
+        # for a flipped 'compression method' byte, ...): all mean the same here.
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or truncated and cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
+    try:
+        meta = json.loads(meta_raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a minires checkpoint (format {meta.get('format')!r})")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r}; this minires reads versions <= {FORMAT_VERSION}"
+        )
+    expected = meta.get("arrays", {})
+    if set(expected) != set(arrays):
+        missing = sorted(set(expected) - set(arrays))
+        extra = sorted(set(arrays) - set(expected))
+        raise CheckpointError(f"checkpoint {path} is inconsistent: missing entries {missing}, unexpected {extra}")
+    digest = _digest(arrays)
+    if digest != meta.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {path} failed its SHA-256 check (recorded {meta.get('sha256')}, computed {digest}): "
+            "the file was modified or corrupted"
+        )
+    return _decode(meta["state"], arrays)

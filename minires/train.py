@@ -1,0 +1,802 @@
+"""The training loop: epochs of SGD steps, evaluation, metrics, checkpoints, resume.
+
+One epoch, as :class:`Trainer` runs it::
+
+    for images, labels in train_loader:                  # shuffled, augmented
+        loss = cross_entropy(model(images), labels)
+        optimizer.zero_grad(); loss.backward()
+        (every N steps: per-layer gradient norms -> grad_norms.jsonl)
+        optimizer.step(); schedule.step()                # the lr moves every ITERATION
+    evaluate on the test set (and the validation split, if any)
+    append one row to metrics.jsonl / metrics.csv
+    save checkpoint.npz                                  # everything needed to continue
+
+What a run directory holds (``--out runs/NAME``)::
+
+    config.json        the resolved configuration (recipe defaults filled in)
+    checkpoint.npz     the latest checkpoint (see minires.checkpoint)
+    metrics.jsonl      one JSON object per epoch
+    metrics.csv        the same rows as CSV, for spreadsheets and pandas
+    grad_norms.jsonl   with --grad-norms N: per-layer norms every N steps
+
+Exact resumption. A run stopped after any completed step and resumed ends
+with bit-for-bit the same parameters as a run that never stopped, on the CPU
+backend. That works because every piece of state is either saved or a pure
+function of saved integers:
+
+* parameters, batch-norm running statistics: ``model.state_dict()``;
+* momentum buffers: ``optimizer.state_dict()``;
+* the learning rate: a closed-form function of the step count
+  (``scheduler.state_dict()``);
+* the data order and the augmentation: functions of ``(seed, epoch, batch)``
+  in :class:`~minires.data.DataLoader`, so the loader state is three integers;
+* the initialisation generator (``minires.nn.init``), saved for completeness.
+
+Interrupting. Ctrl-C (SIGINT) does not stop the process in the middle of an
+update: the first Ctrl-C asks the trainer to stop after the current step; it
+then saves a checkpoint (with the position inside the epoch) and raises
+``KeyboardInterrupt``. A second Ctrl-C stops at once; a step cut in half
+cannot be saved consistently, so then the checkpoint already on disk (the
+last epoch's) is kept and nothing is written. A ``KeyboardInterrupt`` raised
+by a callback between steps is treated like the first Ctrl-C.
+
+Determinism. On the CPU backend two runs with the same configuration and
+seed produce bit-identical parameters (same machine, same NumPy/BLAS).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence, TextIO
+
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__, backend, models, recipes
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from .data import DataLoader, split_validation, standard_augment, subset
+from .diagnostics import grad_norm_rows, rows_to_records
+from .diagnostics.grad_norms import format_table
+from .nn import functional as F
+from .nn import init
+from .tensor import Tensor, no_grad
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "Callback",
+    "Trainer",
+    "build_model",
+    "evaluate",
+    "prepare_out_dir",
+    "metric_columns",
+    "CHECKPOINT_NAME",
+    "CIFAR10_TRAIN_SIZE",
+]
+
+CHECKPOINT_NAME = "checkpoint.npz"
+CONFIG_NAME = "config.json"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+GRAD_NORMS_NAME = "grad_norms.jsonl"
+RUN_FILES = (CHECKPOINT_NAME, CONFIG_NAME, METRICS_JSONL, METRICS_CSV, GRAD_NORMS_NAME)
+CHECKPOINT_KIND = "minires-training-run"
+CIFAR10_TRAIN_SIZE = 50000
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot work (unknown model, impossible
+    batch size, unusable output directory, ...), detected before any work."""
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run.
+
+    ``epochs``, ``batch_size`` and ``lr`` left as ``None`` take the recipe's
+    values (:meth:`resolved`). Fields marked *run-defining* in
+    :data:`RUN_DEFINING` must be the same when a run is resumed; the others
+    (device, data location, logging) may change between sessions.
+
+    Attributes:
+        model: a name from ``minires.models.names()`` ("resnet20").
+        model_kwargs: extra constructor arguments (``{"depth": 8, "width": 8}``
+            for ``resnet_cifar``).
+        recipe: "paper" or "fast" (:mod:`minires.recipes`).
+        epochs, batch_size, lr: overrides of the recipe.
+        seed: fixes initialisation, data order, augmentation, validation split.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        data_dir: the directory holding ``cifar-10-batches-py`` (None: default).
+        limit_train: train on the first K training images only.
+        limit_test: evaluate on the first K test images only.
+        val_split: hold out this many random training images for validation
+            (the paper uses 5000); 0 for none.
+        augment: random crop with 4-pixel padding and horizontal flips.
+        grad_norms: every N steps, log per-layer gradient norms (0: never).
+        eval_batch_size: batch size for evaluation (memory, not results).
+        prefetch: batches prepared ahead on a background thread.
+    """
+
+    model: str = "resnet20"
+    model_kwargs: dict = field(default_factory=dict)
+    recipe: str = "paper"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    val_split: int = 0
+    augment: bool = True
+    grad_norms: int = 0
+    eval_batch_size: int = 256
+    prefetch: int = 1
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with the recipe's epochs / batch size / lr filled in, after :meth:`validate`."""
+        self.validate()
+        recipe = recipes.get_recipe(self.recipe)
+        out = TrainConfig(**{f.name: getattr(self, f.name) for f in fields(self)})
+        out.model_kwargs = dict(self.model_kwargs)
+        out.epochs = recipe.epochs if self.epochs is None else int(self.epochs)
+        out.batch_size = recipe.batch_size if self.batch_size is None else int(self.batch_size)
+        out.lr = recipe.lr if self.lr is None else float(self.lr)
+        return out
+
+    def validate(self) -> None:
+        """Check every field; :class:`ConfigError` names the first bad one and its value."""
+        if not isinstance(self.model, str) or self.model not in models.names():
+            raise ConfigError(f"unknown model {self.model!r}; valid models: {', '.join(models.names())}")
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a dict, got {self.model_kwargs!r}")
+        if self.recipe not in recipes.names():
+            raise ConfigError(f"unknown recipe {self.recipe!r}; valid recipes: {', '.join(recipes.names())}")
+
+        def positive_int(name: str, value: Any, allow_none: bool = True, zero_ok: bool = False) -> None:
+            if value is None and allow_none:
+                return
+            low = 0 if zero_ok else 1
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                kind = "a non-negative" if zero_ok else "a positive"
+                raise ConfigError(f"{name} must be {kind} integer, got {value!r}")
+
+        positive_int("epochs", self.epochs)
+        positive_int("batch_size", self.batch_size)
+        positive_int("limit_train", self.limit_train)
+        positive_int("limit_test", self.limit_test)
+        positive_int("seed", self.seed, allow_none=False, zero_ok=True)
+        positive_int("val_split", self.val_split, allow_none=False, zero_ok=True)
+        positive_int("grad_norms", self.grad_norms, allow_none=False, zero_ok=True)
+        positive_int("eval_batch_size", self.eval_batch_size, allow_none=False)
+        positive_int("prefetch", self.prefetch, allow_none=False, zero_ok=True)
+        lr = self.lr
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
+                               or not (lr > 0 and math.isfinite(lr))):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
+        if not isinstance(self.device, str):
+            raise ConfigError(f"device must be a string ('auto', 'cpu', 'cuda', 'cuda:N'), got {self.device!r}")
+
+    def expected_train_size(self, full_size: int = CIFAR10_TRAIN_SIZE) -> int:
+        """Training examples this config will use when the full training set has ``full_size``."""
+        available = full_size - self.val_split
+        return available if self.limit_train is None else min(self.limit_train, available)
+
+    def check_sizes(self, full_size: int = CIFAR10_TRAIN_SIZE) -> None:
+        """Refuse splits, limits and batch sizes that cannot work with ``full_size`` training images.
+
+        The training loader drops its last incomplete batch, so the batch size
+        must not exceed the number of training examples (else an epoch is empty).
+        """
+        if self.val_split >= full_size:
+            raise ConfigError(f"val_split={self.val_split} leaves no training images out of {full_size}")
+        available = full_size - self.val_split
+        if self.limit_train is not None and self.limit_train > available:
+            raise ConfigError(
+                f"limit_train={self.limit_train} is more than the {available} training images available"
+                + (f" after holding out val_split={self.val_split}" if self.val_split else "")
+            )
+        n = self.expected_train_size(full_size)
+        batch = self.batch_size if self.batch_size is not None else recipes.get_recipe(self.recipe).batch_size
+        if batch > n:
+            raise ConfigError(
+                f"batch size {batch} is larger than the training set ({n} images); the last incomplete "
+                "batch is dropped, so an epoch would have no steps. Use a smaller --batch-size or more data."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (what ``config.json`` and checkpoints hold)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown configuration keys {unknown}")
+        return cls(**dict(data))
+
+
+# Changing any of these changes the trained parameters, so a resumed run must keep them.
+RUN_DEFINING = (
+    "model", "model_kwargs", "recipe", "epochs", "batch_size", "lr", "seed",
+    "limit_train", "limit_test", "val_split", "augment",
+)
+
+
+def metric_columns(with_validation: bool) -> list[str]:
+    """The columns of ``metrics.csv`` (and keys of each ``metrics.jsonl`` row), in order.
+
+    ``epoch`` counts from 1; ``step`` is the global iteration count at the end
+    of the epoch; ``lr`` is the learning rate of the epoch's last step;
+    ``train_loss``/``train_acc`` average over the epoch's (augmented) batches
+    as the weights changed; accuracies are fractions in [0, 1];
+    ``images_per_sec`` is training throughput (evaluation excluded);
+    ``epoch_seconds`` is the training time of the epoch.
+    """
+    cols = ["epoch", "step", "lr", "train_loss", "train_acc"]
+    if with_validation:
+        cols += ["val_loss", "val_acc"]
+    return cols + ["test_loss", "test_acc", "images_per_sec", "epoch_seconds"]
+
+
+# ---------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------
+
+
+def build_model(config: TrainConfig):
+    """Create ``config.model`` with its initialisation seeded by ``config.seed``.
+
+    Returns the model on the CPU; :class:`ConfigError` if the constructor
+    rejects the arguments.
+    """
+    init.manual_seed(int(config.seed))
+    try:
+        return models.create(config.model, **config.model_kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build model {config.model!r} with {config.model_kwargs}: {exc}") from exc
+
+
+def prepare_out_dir(out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
+    """Make sure ``out_dir`` can hold this run, before any work is done.
+
+    * creates it (with parents) and proves it writable with a probe file;
+    * refuses to start a fresh run where a checkpoint already exists, unless
+      ``overwrite`` (then the previous run's files are deleted) or ``resume``;
+    * with ``resume``, insists that there is a checkpoint to resume.
+
+    Raises :class:`ConfigError` naming the directory and the fix.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: pick one")
+    out = Path(os.path.abspath(Path(out_dir).expanduser()))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output directory {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"output directory {out} is not writable ({exc.strerror or exc})") from exc
+    ckpt = out / CHECKPOINT_NAME
+    if resume:
+        if not ckpt.is_file():
+            raise ConfigError(f"--resume: there is no checkpoint to resume in {out} (expected {ckpt.name})")
+    elif ckpt.exists():
+        if not overwrite:
+            raise ConfigError(
+                f"{out} already holds a run ({ckpt.name}); pass --resume to continue it or --overwrite to "
+                "start again from scratch (its files will be replaced)"
+            )
+        for name in RUN_FILES:
+            try:
+                (out / name).unlink()
+            except FileNotFoundError:
+                pass
+    return out
+
+
+def evaluate(model, loader: DataLoader) -> tuple[float, float]:
+    """Average cross-entropy loss and accuracy of ``model`` over ``loader``.
+
+    Runs in eval mode (batch norm uses its running statistics) without
+    recording a graph, and restores the model's previous mode.
+
+    Returns:
+        ``(loss, accuracy)``, Python floats; accuracy in [0, 1].
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    try:
+        with no_grad():
+            for images, labels in loader:
+                logits = model(images)
+                # Sums stay on the device; one transfer per batch at most.
+                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum").item())
+                correct += int((logits.data.argmax(axis=1) == labels.data).sum())
+                seen += labels.shape[0]
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("evaluate: the loader produced no examples")
+    return loss_sum / seen, correct / seen
+
+
+def _format_float(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def write_metrics(out_dir: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
+    """Rewrite ``metrics.jsonl`` and ``metrics.csv`` from ``rows``, each file atomically.
+
+    Rewriting everything (a few hundred rows at most) instead of appending
+    means a crash can never leave a half-written line, and a resumed run
+    that repeats an epoch cannot duplicate its row.
+    """
+    jsonl = "".join(json.dumps({c: row.get(c) for c in columns}) + "\n" for row in rows)
+    atomic_write_bytes(out_dir / METRICS_JSONL, jsonl.encode("utf-8"))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else _format_float(row.get(c)) for c in columns])
+    atomic_write_bytes(out_dir / METRICS_CSV, buffer.getvalue().encode("utf-8"))
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line, flushed and fsync-ed: a crash loses at most the line being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Callback:
+    """Hooks into :meth:`Trainer.fit`; override the methods you need.
+
+    A ``KeyboardInterrupt`` raised from ``on_step_end`` stops training like
+    Ctrl-C: a checkpoint is saved first, so the run can be resumed exactly.
+    """
+
+    def on_step_end(self, trainer: "Trainer") -> None:
+        """After every optimisation step (``trainer.global_step`` already counts it)."""
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict) -> None:
+        """After the epoch's metrics row is written and its checkpoint saved."""
+
+
+class _Running:
+    """Sums of loss, correct predictions and examples over an epoch.
+
+    The sums stay on the device as 0-d arrays: reading them (``float``)
+    forces a GPU sync, so it happens only for the progress bar and at the end.
+    """
+
+    def __init__(self, loss_sum: float = 0.0, correct: int = 0, seen: int = 0) -> None:
+        self.loss_sum: Any = loss_sum
+        self.correct: Any = correct
+        self.seen = seen
+
+    def add(self, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
+        n = labels.shape[0]
+        # float64 for a sum over hundreds of batches; one scalar per step.
+        self.loss_sum = self.loss_sum + loss.data.astype(np.float64) * n
+        self.correct = self.correct + (logits.data.argmax(axis=1) == labels.data).sum()
+        self.seen += n
+
+    def values(self) -> tuple[float, float]:
+        if self.seen == 0:
+            return math.nan, math.nan
+        return float(self.loss_sum) / self.seen, int(self.correct) / self.seen
+
+    def state(self) -> dict:
+        return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": int(self.seen)}
+
+
+class _StopRequest:
+    """Turn the first SIGINT into a flag checked between steps (see the module docstring)."""
+
+    def __init__(self, say) -> None:
+        self.requested = False
+        self._say = say
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self._say("\nCtrl-C: stopping after this step and saving a checkpoint (press again to abort at once)")
+
+    def __enter__(self) -> "_StopRequest":
+        # Signal handlers can only be set from the main thread.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+
+# ---------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train a model on image/label arrays with a recipe; save and resume.
+
+    Args:
+        config: the run's :class:`TrainConfig` (recipe defaults are filled in).
+        data: an object with ``train_images`` ``(N, 3, H, W)`` uint8,
+            ``train_labels`` ``(N,)``, ``test_images``, ``test_labels``
+            (what :func:`minires.data.load_cifar10` returns).
+        out_dir: the run directory (see the module docstring); checked with
+            :func:`prepare_out_dir`.
+        resume: continue the run saved in ``out_dir``.
+        overwrite: replace a run already saved in ``out_dir``.
+        model: an already built model (e.g. by the CLI, to print its summary
+            before loading data); it must come from :func:`build_model` with
+            this config. ``None``: built here.
+        callbacks: :class:`Callback` objects.
+        progress: tqdm progress bars; ``None``: only when ``stream`` is a terminal.
+        verbose: print one line per epoch (and grad-norm tables).
+        stream: where to print (standard output by default).
+
+    Raises:
+        ConfigError: a bad configuration or a data set too small for it.
+        CheckpointError: with ``resume``, a damaged checkpoint or one saved by
+            a different run (model, recipe, seed, ...).
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: Any,
+        out_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        model: Any = None,
+        callbacks: Iterable[Callback] = (),
+        progress: bool | None = None,
+        verbose: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.config = config.resolved()
+        self.out_dir = prepare_out_dir(out_dir, resume=resume, overwrite=overwrite)
+        self.stream = stream if stream is not None else sys.stdout
+        self.verbose = verbose
+        if progress is None:
+            progress = verbose and bool(getattr(self.stream, "isatty", lambda: False)())
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        try:
+            self.device = backend.device(self.config.device)
+        except (ValueError, backend.DeviceError) as exc:
+            raise ConfigError(str(exc)) from exc
+        self.recipe = recipes.get_recipe(self.config.recipe)
+
+        saved = None
+        if resume:
+            saved = self._read_checkpoint(self.checkpoint_path)
+
+        # -- data ------------------------------------------------------------
+        cfg = self.config
+        train_images, train_labels = data.train_images, data.train_labels
+        cfg.check_sizes(int(train_images.shape[0]))
+        self.val_loader = None
+        if cfg.val_split:
+            train_images, train_labels, val_images, val_labels = split_validation(
+                train_images, train_labels, n_val=cfg.val_split, seed=cfg.seed
+            )
+            self.val_loader = self._eval_loader(val_images, val_labels)
+        train_images, train_labels = subset(train_images, train_labels, cfg.limit_train)
+        test_images, test_labels = data.test_images, data.test_labels
+        if cfg.limit_test is not None and cfg.limit_test > test_images.shape[0]:
+            raise ConfigError(f"limit_test={cfg.limit_test} is more than the {test_images.shape[0]} test images")
+        test_images, test_labels = subset(test_images, test_labels, cfg.limit_test)
+        self.train_loader = DataLoader(
+            train_images, train_labels, batch_size=cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
+            augment=standard_augment if cfg.augment else None, device=self.device, prefetch=cfg.prefetch,
+        )
+        self.test_loader = self._eval_loader(test_images, test_labels)
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+
+        # -- model, optimiser, schedule -------------------------------------
+        self.model = (model if model is not None else build_model(cfg)).to(self.device)
+        self.model.train()
+        self.optimizer = recipes.build_optimizer(self.model, self.recipe, cfg.lr)
+        self.scheduler = recipes.build_schedule(
+            self.optimizer, self.recipe, self.total_steps, recipes.model_depth(self.model)
+        )
+
+        # -- progress counters -------------------------------------------------
+        self.epoch = 0  # completed epochs
+        self.global_step = 0  # completed optimisation steps
+        self.metrics: list[dict] = []
+        self.columns = metric_columns(self.val_loader is not None)
+        self.finished = False
+        # Position inside the current epoch: {"batch", "running", "train_seconds"},
+        # None between epochs.
+        self._partial: dict | None = None
+        self._in_step = False
+        self._saved_step: int | None = None  # global step of the checkpoint on disk
+        self._last_lr = float(self.optimizer.param_groups[0]["lr"])
+
+        if saved is not None:
+            self._restore(saved)
+        else:
+            atomic_write_bytes(self.out_dir / CONFIG_NAME, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+
+    # -- small helpers ---------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """``out_dir / "checkpoint.npz"``."""
+        return self.out_dir / CHECKPOINT_NAME
+
+    def _eval_loader(self, images: Any, labels: Any) -> DataLoader:
+        return DataLoader(images, labels, batch_size=self.config.eval_batch_size, shuffle=False,
+                          drop_last=False, seed=0, augment=None, device=self.device, prefetch=0)
+
+    def _say(self, message: str) -> None:
+        if self.progress:
+            tqdm.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    # -- checkpoints -------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint contents (see :mod:`minires.checkpoint` for the format)."""
+        loader_state = self.train_loader.state_dict()
+        # The trainer's own counters say where the run is; the loader's epoch
+        # counter runs ahead once an epoch's batches are exhausted.
+        loader_state["epoch"] = self.epoch
+        partial = None
+        if self._partial is not None:
+            partial = {"batch": int(self._partial["batch"]), **self._partial["running"].state(),
+                       "train_seconds": float(self._partial["train_seconds"])}
+        loader_state["batch"] = 0 if partial is None else partial["batch"]
+        return {
+            "kind": CHECKPOINT_KIND,
+            "minires_version": __version__,
+            "config": self.config.to_dict(),
+            "recipe": self.recipe.to_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "finished": self.finished,
+            "partial_epoch": partial,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"loader": loader_state, "init": init.default_generator().bit_generator.state},
+            "metrics": list(self.metrics),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write :meth:`state` to ``out_dir/checkpoint.npz`` atomically."""
+        path = save_checkpoint(self.checkpoint_path, self.state())
+        self._saved_step = self.global_step
+        return path
+
+    @staticmethod
+    def _read_checkpoint(path: Path) -> dict:
+        saved = load_checkpoint(path)
+        if saved.get("kind") != CHECKPOINT_KIND:
+            raise CheckpointError(f"{path} is not a training checkpoint (kind {saved.get('kind')!r})")
+        return saved
+
+    def _restore(self, saved: dict) -> None:
+        path = self.checkpoint_path
+        theirs = saved["config"]
+        ours = self.config.to_dict()
+        diffs = [f"{k}: checkpoint {theirs.get(k)!r}, now {ours[k]!r}"
+                 for k in RUN_DEFINING if theirs.get(k) != ours[k]]
+        if diffs:
+            raise CheckpointError(
+                f"checkpoint {path} belongs to a different run; resuming would not continue it:\n  "
+                + "\n  ".join(diffs)
+            )
+        if saved["steps_per_epoch"] != self.steps_per_epoch:
+            raise CheckpointError(
+                f"checkpoint {path} was made with {saved['steps_per_epoch']} steps per epoch, this data gives "
+                f"{self.steps_per_epoch}: the training set differs"
+            )
+        try:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            self.train_loader.load_state_dict(saved["rng"]["loader"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {exc}") from exc
+        init.default_generator().bit_generator.state = saved["rng"]["init"]
+        self.epoch = int(saved["epoch"])
+        self.global_step = int(saved["global_step"])
+        self._saved_step = self.global_step
+        self.finished = bool(saved["finished"])
+        part = saved["partial_epoch"]
+        self._partial = None if part is None else {
+            "batch": int(part["batch"]),
+            "running": _Running(part["loss_sum"], part["correct"], part["seen"]),
+            "train_seconds": float(part["train_seconds"]),
+        }
+        self.metrics = list(saved["metrics"])
+        self._last_lr = float(self.optimizer.param_groups[0]["lr"])
+        # Lines logged after the checkpoint belong to steps that will run again.
+        gn = self.out_dir / GRAD_NORMS_NAME
+        if gn.exists():
+            from .diagnostics import read_jsonl
+
+            kept = [r for r in read_jsonl(gn) if r.get("step", 0) <= self.global_step]
+            atomic_write_bytes(gn, "".join(json.dumps(r) + "\n" for r in kept).encode())
+        write_metrics(self.out_dir, self.metrics, self.columns)
+
+    # -- the loop ----------------------------------------------------------------
+
+    def fit(self) -> list[dict]:
+        """Train until ``config.epochs`` epochs are done; returns the metrics rows.
+
+        Raises ``KeyboardInterrupt`` after saving a checkpoint when stopped by
+        Ctrl-C or a callback (see the module docstring).
+        """
+        cfg = self.config
+        if self.finished or self.epoch >= cfg.epochs:
+            self.finished = True
+            return self.metrics
+        epochs_bar = tqdm(total=cfg.epochs, initial=self.epoch, desc="epochs", unit="ep", file=self.stream,
+                          disable=not self.progress, dynamic_ncols=True)
+        self._stop = _StopRequest(self._say)
+        try:
+            with self._stop:
+                while self.epoch < cfg.epochs:
+                    row = self._run_epoch()
+                    epochs_bar.update(1)
+                    epochs_bar.set_postfix(test_acc=f"{row['test_acc']:.3f}")
+                    if self._stop.requested:
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            self._on_interrupt()
+            raise
+        finally:
+            epochs_bar.close()
+        return self.metrics
+
+    def _on_interrupt(self) -> None:
+        if self._in_step:
+            if self._saved_step is None:
+                kept = "no checkpoint has been written yet"
+            else:
+                kept = f"{self.checkpoint_path} keeps the state after step {self._saved_step}"
+            self._say(f"interrupted in the middle of a step: its update is incomplete, so it is not saved; {kept}")
+            return
+        self.save_checkpoint()
+        epoch = self.epoch + 1 if self._partial else self.epoch
+        self._say(f"interrupted: checkpoint saved after step {self.global_step} (epoch {epoch}) "
+                  f"in {self.checkpoint_path}; continue with --resume")
+
+    def _run_epoch(self) -> dict:
+        cfg = self.config
+        epoch = self.epoch
+        if self._partial is None:
+            self._partial = {"batch": 0, "running": _Running(), "train_seconds": 0.0}
+            self.train_loader.set_epoch(epoch)
+        else:
+            self.train_loader.load_state_dict(
+                {**self.train_loader.state_dict(), "epoch": epoch, "batch": self._partial["batch"]}
+            )
+        position = self._partial
+        running: _Running = position["running"]
+        steps_bar = tqdm(total=self.steps_per_epoch, initial=position["batch"],
+                         desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False, file=self.stream,
+                         disable=not self.progress, dynamic_ncols=True)
+        self.model.train()
+        seconds_before = position["train_seconds"]
+        start = time.perf_counter()
+        try:
+            for images, labels in self.train_loader:
+                self._in_step = True
+                loss, logits = self._step(images, labels, epoch)
+                running.add(loss, logits, labels)
+                position["batch"] += 1
+                position["train_seconds"] = seconds_before + time.perf_counter() - start
+                self._in_step = False
+                steps_bar.update(1)
+                if self.progress and (position["batch"] % 10 == 0 or position["batch"] == self.steps_per_epoch):
+                    mean_loss, acc = running.values()
+                    speed = running.seen / max(position["train_seconds"], 1e-9)
+                    steps_bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.3f}", lr=f"{self._last_lr:.3g}",
+                                          img_s=f"{speed:.0f}")
+                for cb in self.callbacks:
+                    cb.on_step_end(self)
+                if self._stop.requested:
+                    raise KeyboardInterrupt
+        finally:
+            steps_bar.close()
+        # From here until the checkpoint below, an interruption resumes with
+        # zero steps left in this epoch: only the evaluation runs again.
+        train_seconds = position["train_seconds"]
+        train_loss, train_acc = running.values()
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.global_step, "lr": self._last_lr,
+                               "train_loss": train_loss, "train_acc": train_acc}
+        if self.val_loader is not None:
+            row["val_loss"], row["val_acc"] = evaluate(self.model, self.val_loader)
+        row["test_loss"], row["test_acc"] = evaluate(self.model, self.test_loader)
+        row["images_per_sec"] = running.seen / train_seconds if train_seconds > 0 else math.nan
+        row["epoch_seconds"] = train_seconds
+
+        self.metrics.append(row)
+        self.epoch = epoch + 1
+        self._partial = None
+        self.finished = self.epoch >= cfg.epochs
+        write_metrics(self.out_dir, self.metrics, self.columns)
+        self.save_checkpoint()
+        if self.verbose:
+            self._say(self._epoch_line(row))
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, row)
+        return row
+
+    def _epoch_line(self, row: dict) -> str:
+        parts = [f"epoch {row['epoch']}/{self.config.epochs}", f"step {row['step']}", f"lr {row['lr']:.4g}",
+                 f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%"]
+        if "val_loss" in row:
+            parts.append(f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%")
+        parts.append(f"test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:.2f}%")
+        parts.append(f"{row['images_per_sec']:.0f} img/s")
+        return " | ".join(parts)
+
+    def _step(self, images: Tensor, labels: Tensor, epoch: int) -> tuple[Tensor, Tensor]:
+        """One SGD step on one batch; returns ``(loss, logits)``."""
+        self._last_lr = float(self.optimizer.param_groups[0]["lr"])
+        logits = self.model(images)
+        loss = F.cross_entropy(logits, labels)
+        self.optimizer.zero_grad()
+        loss.backward()
+        n = self.config.grad_norms
+        if n and (self.global_step + 1) % n == 0:
+            # Before optimizer.step(): the pure loss gradient, without weight decay or momentum.
+            self._log_grad_norms(epoch, float(loss.item()))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        return loss, logits
+
+    def _log_grad_norms(self, epoch: int, loss: float) -> None:
+        rows = grad_norm_rows(self.model)
+        step = self.global_step + 1
+        _append_jsonl(self.out_dir / GRAD_NORMS_NAME,
+                      {"step": step, "epoch": epoch + 1, "lr": self._last_lr, "loss": loss,
+                       "layers": rows_to_records(rows)})
+        if self.verbose:
+            self._say(format_table(rows, title=f"gradient norms at step {step} (epoch {epoch + 1}, loss {loss:.4f})"))

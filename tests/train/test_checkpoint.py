@@ -1,0 +1,183 @@
+"""Checkpoint files: exact round trips, atomic writes, and damage that is always detected."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from minires.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_write_bytes,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def _example_state() -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        "model": {"conv1.weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+                  "bn1.num_batches_tracked": np.array(7, dtype=np.int64)},
+        # integer keys, as in an optimiser's per-parameter state
+        "optimizer": {"state": {0: {"momentum_buffer": rng.standard_normal(5)}}, "lr": 0.1},
+        "schedule": {"milestones": (10, 20), "last_epoch": 3},
+        "rng": np.random.default_rng(5).bit_generator.state,  # 128-bit Python ints
+        "scalar": np.float32(0.1),
+        "metrics": [{"epoch": 1, "loss": float("inf"), "note": None}],
+        "__dunder_key": True,
+    }
+
+
+def _assert_same(a, b, where="state"):
+    """Deep equality that also compares types and dtypes (a tuple is not a list)."""
+    assert type(a) is type(b) or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)), (where, a, b)
+    if isinstance(a, dict):
+        assert list(a.keys()) == list(b.keys()), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, (np.ndarray, np.generic)):
+        assert a.dtype == b.dtype and a.shape == b.shape, where
+        assert a.tobytes() == b.tobytes(), where
+    else:
+        assert a == b or (a != a and b != b), (where, a, b)
+
+
+def test_round_trip_preserves_types_dtypes_and_bits(tmp_path):
+    state = _example_state()
+    path = save_checkpoint(tmp_path / "ckpt.npz", state)
+    _assert_same(state, load_checkpoint(path))
+    # A restored generator continues the exact same stream.
+    restored = load_checkpoint(path)["rng"]
+    g1, g2 = np.random.default_rng(), np.random.default_rng()
+    g1.bit_generator.state, g2.bit_generator.state = state["rng"], restored
+    assert np.array_equal(g1.random(4), g2.random(4))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    arrays=st.lists(
+        hnp.arrays(
+            dtype=st.sampled_from([np.float32, np.float64, np.int64, np.uint8, np.bool_]),
+            shape=hnp.array_shapes(min_dims=0, max_dims=4, max_side=5),
+        ),
+        min_size=0,
+        max_size=4,
+    )
+)
+def test_round_trip_any_arrays(tmp_path_factory, arrays):
+    path = tmp_path_factory.mktemp("ckpt") / "c.npz"
+    state = {"arrays": arrays, "pairs": tuple((i, a) for i, a in enumerate(arrays))}
+    save_checkpoint(path, state)
+    _assert_same(state, load_checkpoint(path))
+
+
+def test_file_is_plain_npz_without_pickle(tmp_path):
+    path = save_checkpoint(tmp_path / "c.npz", _example_state())
+    with np.load(path, allow_pickle=False) as npz:
+        meta = json.loads(npz["__meta__"].tobytes())
+        assert meta["format"] == "minires-checkpoint" and meta["version"] == FORMAT_VERSION
+        assert len(meta["sha256"]) == 64
+        for name in npz.files:
+            assert npz[name].dtype != np.dtype(object)
+
+
+def test_unsupported_objects_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="set"):
+        save_checkpoint(tmp_path / "c.npz", {"bad": {1, 2}})
+    with pytest.raises(TypeError, match="object array"):
+        save_checkpoint(tmp_path / "c.npz", {"bad": np.array([object()], dtype=object)})
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_truncation_is_detected_and_names_the_file(tmp_path):
+    path = save_checkpoint(tmp_path / "c.npz", _example_state())
+    data = path.read_bytes()
+    for cut in (0, 10, len(data) // 3, len(data) // 2, len(data) - 30, len(data) - 1):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="c.npz"):
+            load_checkpoint(path)
+
+
+def test_every_single_byte_flip_is_detected_or_harmless(tmp_path):
+    """Flip each byte of a small checkpoint in turn: loading must either raise
+    CheckpointError or return exactly the original state (a flip in a zip field
+    nobody reads, such as a timestamp, is harmless). Never a wrong result."""
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "meta": {"epoch": 3, "lr": 0.05}}
+    path = save_checkpoint(tmp_path / "c.npz", state)
+    original = path.read_bytes()
+    detected = 0
+    for i in range(len(original)):
+        damaged = bytearray(original)
+        damaged[i] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        try:
+            loaded = load_checkpoint(path)
+        except CheckpointError as exc:
+            assert "c.npz" in str(exc)
+            detected += 1
+            continue
+        _assert_same(state, loaded, f"flip at byte {i}")
+    # The payload (array bytes, JSON) is most of the file; flips there are all caught.
+    assert detected > len(original) // 2
+
+
+def test_consistent_tampering_is_caught_by_sha256(tmp_path):
+    """Rewrite one array with a valid zip (so CRCs pass) but keep the old metadata."""
+    path = save_checkpoint(tmp_path / "c.npz", {"w": np.zeros(4, dtype=np.float32)})
+    with np.load(path, allow_pickle=False) as npz:
+        entries = {k: npz[k] for k in npz.files}
+    entries["a/0"] = entries["a/0"] + 1
+    buffer = io.BytesIO()
+    np.savez(buffer, **entries)
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(path)
+
+
+def test_foreign_or_future_files_are_refused(tmp_path):
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weights=np.ones(3))
+    with pytest.raises(CheckpointError, match="not a minires checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.npz")
+
+    future = tmp_path / "future.npz"
+    meta = {"format": "minires-checkpoint", "version": FORMAT_VERSION + 1, "sha256": "", "arrays": {}, "state": {}}
+    np.savez(future, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    with pytest.raises(CheckpointError, match="format version"):
+        load_checkpoint(future)
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "c.npz", {"epoch": 1})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]
+
+
+def test_atomic_write_bytes_replaces_content(tmp_path):
+    target = tmp_path / "metrics.csv"
+    atomic_write_bytes(target, b"a,b\n")
+    atomic_write_bytes(target, b"a,b\n1,2\n")
+    assert target.read_bytes() == b"a,b\n1,2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
