@@ -50,8 +50,8 @@ things, each one measured (``benchmarks/bench_layers.py``; numbers in
    are adjacent in memory, ``tap(i)`` is a plain 2-D view that BLAS reads
    directly. Same arithmetic, a third of the copying.
 3. **Chunks that fit in cache.** The batch is processed a few images at a
-   time (about 2 million multiply-adds per chunk), so the buffers of one
-   chunk stay in the core's L2 cache and are reused by the next. The
+   time (about 8 million multiply-adds per chunk), so the buffers of one
+   chunk mostly stay in the core's L2 cache and are reused by the next. The
    full-batch column matrix never exists; the backward pass recomputes a
    chunk's columns rather than saving them (recomputing in cache is cheaper
    than writing them to memory and reading them back).
@@ -171,6 +171,18 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()  # one parallel region at a time (see run_chunks)
 _blas_state: dict[str, Any] = {"checked": False, "controller": None}
+
+
+
+def _forget_pool_after_fork() -> None:
+    # A forked child inherits the pool object but not its threads: work
+    # submitted there would wait forever. Start afresh in the child.
+    global _pool, _pool_size, _pool_lock
+    _pool, _pool_size, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 # Below this many multiply-adds a problem is too small to be worth a thread hand-off (tens of microseconds).
 _MIN_PARALLEL_WORK = 1 << 20
@@ -360,14 +372,18 @@ def _accumulate_taps(xp: Any, windows: _RowWindows, tap_weights: list[Any], out:
     return out
 
 
-# How many images go into one chunk. A chunk should carry enough work to keep
-# BLAS efficient (about 2 million multiply-adds, and at least a few hundred
-# matrix rows), yet stay small enough for its buffers to live in the core's L2
-# cache. Every ResNet layer but the first does the same work per image, so in
-# practice: 1 image at 32x32 and 16x16, 4 at 8x8, 5 for the 3-channel stem.
-# Tuned with benchmarks/bench_layers.py on the 2-core machine described in
-# benchmarks/README.md.
-_CHUNK_WORK = 1 << 21
+# How many images go into one chunk: enough work (about 8 million
+# multiply-adds, and at least a few hundred matrix rows) that BLAS runs
+# efficiently and that the threads rarely need the GIL (every NumPy call
+# between two chunks does; on a busy machine a thread can be descheduled while
+# holding it, stalling the other), yet small enough that a chunk's buffers
+# mostly stay in cache. For ResNet-20 that is 4 images per chunk in the
+# stride-1 layers, 8 in the stride-2 ones and 19 in the 3-channel stem.
+# Measured with benchmarks/bench_layers.py on the 2-core machine described in
+# benchmarks/README.md: chunks of 2M multiply-adds were a little faster on one
+# thread but scaled badly to two (the whole conv stack: 590 ms with 2 threads
+# vs 367 ms with 8M chunks).
+_CHUNK_WORK = 1 << 23
 _MIN_CHUNK_ROWS = 256
 
 
@@ -412,7 +428,11 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, 
             rows = m * ho * wo
             windows.fill(x[n0 : n0 + m])
             res = _accumulate_taps(
-                xp, windows, tap_w, result[: rows * c_out].reshape(rows, c_out), scratch[: rows * c_out].reshape(rows, c_out)
+                xp,
+                windows,
+                tap_w,
+                result[: rows * c_out].reshape(rows, c_out),
+                scratch[: rows * c_out].reshape(rows, c_out),
             )
             if bias is not None:
                 res += bias
@@ -515,7 +535,11 @@ def conv2d_backward(
                 windows_g.fill(g_chunk)
                 rows_x = m * h * w
                 res = _accumulate_taps(
-                    xp, windows_g, flipped, dx_rows[: rows_x * c].reshape(rows_x, c), scratch[: rows_x * c].reshape(rows_x, c)
+                    xp,
+                    windows_g,
+                    flipped,
+                    dx_rows[: rows_x * c].reshape(rows_x, c),
+                    scratch[: rows_x * c].reshape(rows_x, c),
                 )
                 grad_x[n0 : n0 + m] = res.reshape(h, m, w, c).transpose(1, 3, 0, 2)
             elif need_x:
@@ -530,7 +554,8 @@ def conv2d_backward(
                 for r, (qa, qb, y0) in enumerate(row_phases):
                     for rw, (qwa, qwb, x0) in enumerate(col_phases):
                         if qb > qa and qwb > qwa:  # this phase holds real pixels (not only padding)
-                            grad_x[n0 : n0 + m, :, y0::sh, x0::sw] = acc[r, qa:qb, :, rw, qwa:qwb, :].transpose(1, 3, 0, 2)
+                            phase = acc[r, qa:qb, :, rw, qwa:qwb, :]
+                            grad_x[n0 : n0 + m, :, y0::sh, x0::sw] = phase.transpose(1, 3, 0, 2)
         return grad_w_taps if need_w else None
 
     partials = run_chunks(xp, n, nb, work, flops=2 * n * ho * wo * c * kh * kw * c_out)

@@ -54,7 +54,7 @@ def geometry(case):
 
 
 @settings(max_examples=12)
-@given(conv_cases(max_side=6, max_batch=2, max_channels=3))
+@given(conv_cases(max_side=5, max_batch=4, max_channels=5))
 def test_conv2d_gradcheck(case):
     x, w, b = tensors(case)
     inputs = [x, w] + ([b] if b is not None else [])
@@ -111,7 +111,7 @@ def test_plain_arrays_are_accepted_as_constants(rng):
 
 
 @settings(max_examples=10)
-@given(conv_cases(max_side=6, max_batch=2, max_channels=2))
+@given(conv_cases(max_side=5, max_batch=4, max_channels=3))
 def test_im2col_and_col2im_gradcheck(case):
     k = case["w"][2:]
     x = mr.Tensor(np.random.default_rng(case["seed"]).standard_normal(case["x"]), requires_grad=True)

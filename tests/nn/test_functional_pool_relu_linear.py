@@ -103,7 +103,7 @@ def test_max_pool_fast_matches_reference(case):
 
 
 @settings(max_examples=12)
-@given(pool_cases(max_side=7, max_batch=2, max_channels=2))
+@given(pool_cases(max_side=7, max_batch=4, max_channels=5))
 def test_max_pool_gradcheck(case):
     x = mr.Tensor(distinct_values(case["x"], case["seed"]), requires_grad=True)
     fn = lambda t: F.max_pool2d(t, case["kernel"], case["stride"], case["padding"])  # noqa: E731
@@ -167,7 +167,7 @@ def test_avg_pool_fast_matches_reference(case):
 
 
 @settings(max_examples=12)
-@given(pool_cases(max_side=7, max_batch=2, max_channels=2))
+@given(pool_cases(max_side=7, max_batch=4, max_channels=5))
 def test_avg_pool_gradcheck(case):
     x = mr.Tensor(np.random.default_rng(case["seed"]).standard_normal(case["x"]), requires_grad=True)
     fn = lambda t: F.avg_pool2d(t, case["kernel"], case["stride"], case["padding"])  # noqa: E731

@@ -103,7 +103,9 @@ def conv2d(
     if bias is not None:
         bias = _as_tensor(bias)
         if bias.shape != (weight.shape[0],):
-            raise ValueError(f"conv2d: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, got {bias.shape}")
+            raise ValueError(
+                f"conv2d: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, got {bias.shape}"
+            )
         if bias.dtype != x.dtype:
             raise TypeError(f"conv2d: input dtype {x.dtype} and bias dtype {bias.dtype} differ; convert one of them")
         inputs.append(bias)

@@ -78,7 +78,9 @@ def linear(x: Any, weight: Any, bias: Any = None) -> Tensor:
     if bias is not None:
         bias = bias if isinstance(bias, Tensor) else Tensor(bias)
         if bias.shape != (weight.shape[0],):
-            raise ValueError(f"linear: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, got {bias.shape}")
+            raise ValueError(
+                f"linear: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, got {bias.shape}"
+            )
         if bias.dtype != x.dtype:
             raise TypeError(f"linear: input dtype {x.dtype} and bias dtype {bias.dtype} differ; convert one of them")
         inputs.append(bias)
