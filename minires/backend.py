@@ -223,12 +223,16 @@ def device_of(array: Any) -> Device:
     return cpu
 
 
+_transfer_count = [0]  # host<->device copies so far, read by minires.debug.count_transfers
+
+
 def to_device(array: Any, dev: "str | Device") -> Any:
     """Return ``array`` on device ``dev`` (the same object when already there)."""
     dev = device(dev)
     here = device_of(array)
     if here == dev:
         return array
+    _transfer_count[0] += 1  # a real copy between devices (see minires.debug)
     if dev.type == "cpu":
         return array.get()  # cupy -> numpy: one explicit device-to-host copy
     cp = _cupy()

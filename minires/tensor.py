@@ -229,6 +229,7 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """The data as a NumPy array (copied from the GPU if needed; shares memory on the CPU)."""
+        backend._transfer_count[0] += 1  # counted on every device: see minires.debug.count_transfers
         if self.device.type == "cpu":
             return self.data
         return self.data.get()
@@ -237,6 +238,7 @@ class Tensor:
         """The single value of a one-element tensor as a Python number."""
         if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        backend._transfer_count[0] += 1  # counted on every device: see minires.debug.count_transfers
         return self.data.reshape(()).item()
 
     def tolist(self):

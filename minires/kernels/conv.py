@@ -72,9 +72,11 @@ things, each one measured (``benchmarks/bench_layers.py``; numbers in
    read-modify-write scatter. For stride > 1 the adjoint is applied step by
    step (GEMM, then kH + kW strided slice-adds per chunk, in cache).
 
-On CuPy there is no point in chunks or threads: the GPU wants one large launch,
-so the fast path runs with the whole batch as a single chunk and the same
-code serves both array modules.
+On CuPy arrays (float32/float64) both functions hand over to
+:mod:`minires.kernels.cuda.im2col`: an im2col CUDA kernel and one large cuBLAS
+GEMM for the whole batch (a GPU wants few, large launches, not cache-sized
+chunks and threads). Other dtypes on CuPy run the code below with the whole
+batch as a single chunk.
 """
 
 from __future__ import annotations
@@ -412,6 +414,10 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, 
         y: (N, C_out, H_out, W_out), C-contiguous, dtype of x.
     """
     xp = get_array_module(x)
+    if xp.__name__ != "numpy":  # GPU: im2col CUDA kernel + one cuBLAS GEMM (kernels/cuda/im2col.py)
+        from .cuda import im2col as cuda_im2col
+        if cuda_im2col.supported(x, weight):
+            return cuda_im2col.conv2d_forward(x, weight, bias, stride, padding, dilation)
     n, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ho, wo = output_hw((h, w), (kh, kw), stride, padding, dilation)
@@ -476,6 +482,10 @@ def conv2d_backward(
     """
     need_x, need_w, need_b = (tuple(needs_input_grad) + (False, False, False))[:3]
     xp = get_array_module(x)
+    if xp.__name__ != "numpy":  # GPU: im2col/col2im CUDA kernels + cuBLAS GEMMs (kernels/cuda/im2col.py)
+        from .cuda import im2col as cuda_im2col
+        if cuda_im2col.supported(x, weight, grad_out):
+            return cuda_im2col.conv2d_backward(x, weight, grad_out, stride, padding, dilation, needs_input_grad)
     n, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ho, wo = grad_out.shape[2], grad_out.shape[3]

@@ -200,6 +200,10 @@ def im2col(x: Any, kernel_size: Any, stride: Any = 1, padding: Any = 0, dilation
     n, c, h, w = x.shape
     out_hw = output_hw((h, w), kernel, stride_, pad, dil, what="im2col")
     xp = get_array_module(x)
+    if xp.__name__ != "numpy":  # GPU: a gather CUDA kernel (kernels/cuda/im2col.py)
+        from .cuda import im2col as cuda_im2col
+        if cuda_im2col.supported(x):
+            return cuda_im2col.im2col(x, kernel, stride_, pad, dil)
     padded = xp.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1]))) if any(pad) else x
     windows = sliding_windows(padded, kernel, stride_, dil, out_hw)
     # The reshape merges (c, kh, kw) and (h_out, w_out); windows overlap in
@@ -238,6 +242,10 @@ def col2im(
             f"stride {stride_}, padding {pad}, dilation {dil}; got {tuple(getattr(cols, 'shape', ()))}"
         )
     xp = get_array_module(cols)
+    if xp.__name__ != "numpy":  # GPU: col2im as a gather, no atomics (kernels/cuda/im2col.py)
+        from .cuda import im2col as cuda_im2col
+        if cuda_im2col.supported(cols):
+            return cuda_im2col.col2im(cols, (n, c, h, w), kernel, stride_, pad, dil)
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride_, dil
     padded = xp.zeros((n, c, h + 2 * pad[0], w + 2 * pad[1]), dtype=cols.dtype)
     taps = cols.reshape(n, c, kh, kw, ho, wo)

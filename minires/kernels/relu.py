@@ -16,8 +16,8 @@ follows PyTorch: relu(NaN) = NaN (``maximum`` propagates NaN), and the
 gradient passes through a NaN output, because PyTorch zeroes it only where
 ``y <= 0`` and every comparison with NaN is False.
 
-On the GPU these two lines are elementwise CuPy kernels already; a fused
-hand-written kernel is left to the GPU work.
+On the GPU (CuPy arrays) both hand over to one-line CUDA elementwise kernels
+in :mod:`minires.kernels.cuda.relu` (the backward is then one kernel, not three).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ __all__ = ["relu_forward", "relu_backward"]
 def relu_forward(x: Any) -> Any:
     """max(x, 0) elementwise. Any shape; same shape and dtype out."""
     xp = get_array_module(x)
+    if xp.__name__ != "numpy":  # GPU: a hand-written elementwise kernel (kernels/cuda/relu.py)
+        from .cuda import relu as cuda_relu
+        return cuda_relu.relu_forward(x)
     # The Python 0 is a "weak" scalar: float32 in, float32 out (no upcast).
     return xp.maximum(x, 0)
 
@@ -46,6 +49,9 @@ def relu_backward(grad_out: Any, out: Any) -> Any:
     Returns:
         dLoss/dx, same shape and dtype as ``grad_out``.
     """
+    if get_array_module(grad_out, out).__name__ != "numpy":  # GPU: one elementwise kernel (kernels/cuda/relu.py)
+        from .cuda import relu as cuda_relu
+        return cuda_relu.relu_backward(grad_out, out)
     # "not (y <= 0)" rather than "y > 0": identical except at NaN (see the
     # module docstring). Multiplying by a bool mask keeps grad_out's dtype.
     return grad_out * ~(out <= 0)
