@@ -5,7 +5,11 @@ returns a process exit code:
 
 * ``minires info``: versions, backend, devices;
 * ``minires train``: train a model on CIFAR-10 (see :mod:`minires.train`);
-* ``minires eval``: test accuracy and loss of a saved checkpoint.
+* ``minires eval``: test accuracy and loss of a saved checkpoint;
+* ``minires compare``: train plain and residual twins side by side (see
+  :mod:`minires.diagnostics.compare`);
+* ``minires gradflow``: per-layer gradient norms at initialisation, plain
+  versus residual, in seconds.
 
 Exit codes: 0 success; 1 a runtime failure (data missing, ...); 2 a usage
 error found before any work (unknown model, impossible batch size, output
@@ -267,13 +271,21 @@ def _add_eval_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minires", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="minires", description="minires: residual networks from scratch in NumPy/CuPy, trained and taken apart"
+    )
     parser.add_argument("--version", action="version", version=f"minires {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p_info = sub.add_parser("info", help="versions, backend, devices")
     p_info.set_defaults(func=cmd_info)
     _add_train_parser(sub)
     _add_eval_parser(sub)
+    # The diagnostics own their commands' arguments; importing them here costs
+    # nothing heavy (matplotlib is only imported when a plot is drawn).
+    from .diagnostics.compare import add_compare_parser, add_gradflow_parser
+
+    add_compare_parser(sub)
+    add_gradflow_parser(sub)
     return parser
 
 

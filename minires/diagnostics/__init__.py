@@ -3,8 +3,21 @@
 * :mod:`~minires.diagnostics.grad_norms`: per-layer gradient and weight norms,
   the quickest way to *see* gradients vanish in a deep plain network and
   survive in its residual twin (``minires train --grad-norms N``).
+* :mod:`~minires.diagnostics.monitor`: :class:`GradientMonitor` records, step by
+  step, the gradient norm of every layer's weights and the gradient arriving at
+  every block's input and output.
+* :mod:`~minires.diagnostics.sweep`: :func:`depth_sweep`, first/last layer
+  gradient ratio of plain and residual nets across depths, at initialisation.
+* :mod:`~minires.diagnostics.plots`: the figures (imports matplotlib when used).
+* :mod:`~minires.diagnostics.compare`: ``minires compare`` and ``minires gradflow``.
 """
 
 from .grad_norms import GradNormRow, format_table, grad_norm_rows, print_table, read_jsonl, rows_to_records
+from .monitor import GradientHistory, GradientMonitor, MonitorCallback, load_history, save_history
+from .sweep import SweepResult, SweepRow, depth_sweep, without_batch_norm
 
-__all__ = ["GradNormRow", "grad_norm_rows", "format_table", "print_table", "rows_to_records", "read_jsonl"]
+__all__ = [
+    "GradNormRow", "grad_norm_rows", "format_table", "print_table", "rows_to_records", "read_jsonl",
+    "GradientMonitor", "GradientHistory", "MonitorCallback", "save_history", "load_history",
+    "depth_sweep", "SweepResult", "SweepRow", "without_batch_norm",
+]
