@@ -6,8 +6,6 @@
 #   CIFAR_DIR: the directory that contains cifar-10-batches-py/ (default /work/shared/data)
 #   RUNS_DIR:  where the full runs go, checkpoints included (default runs/)
 #
-# `python -m minires.diagnostics.compare compare ...` is the same as `minires compare ...`
-# (and `gradflow` likewise) once those sub-commands are wired into the minires CLI.
 set -euo pipefail
 DATA="${1:-/work/shared/data}"
 RUNS="${2:-runs}"
@@ -17,14 +15,14 @@ COMMON=(--depth 20 56 --steps 160 --evals 4 --batch-size 128 --recipe paper --se
 
 # 1. plain20, resnet20, plain56, resnet56 for 160 steps each at peak lr 0.03 (section 1 of the
 #    README; about 28 minutes on 2 shared CPU cores).
-time python -m minires.diagnostics.compare compare "${COMMON[@]}" --lr 0.03 --out "$RUNS/degradation_lr0.03"
+time minires compare "${COMMON[@]}" --lr 0.03 --out "$RUNS/degradation_lr0.03"
 
 # 2. The same at the paper's peak lr 0.1, where both 56-layer nets blow up and stay at chance
 #    (about 25 minutes).
-time python -m minires.diagnostics.compare compare "${COMMON[@]}" --out "$RUNS/degradation_lr0.1"
+time minires compare "${COMMON[@]}" --out "$RUNS/degradation_lr0.1"
 
 # 3. Gradient flow at initialisation and the depth sweep (under a minute of CPU time).
-time python -m minires.diagnostics.compare gradflow --models plain20 resnet20 plain56 resnet56 \
+time minires gradflow --models plain20 resnet20 plain56 resnet56 \
     --batch-size 128 --sweep 20 32 44 56 110 --sweep-batch-size 32 --out docs/results/gradflow
 
 # 4. Copy the small outputs next to this script (checkpoints stay in $RUNS).

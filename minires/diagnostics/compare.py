@@ -609,7 +609,7 @@ def add_gradflow_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m minires.diagnostics.compare {compare,gradflow} ...`` (until ``minires`` wires them)."""
+    """``python -m minires.diagnostics.compare {compare,gradflow} ...`` (the same as ``minires compare|gradflow``)."""
     parser = argparse.ArgumentParser(prog="python -m minires.diagnostics.compare")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_compare_parser(sub)
