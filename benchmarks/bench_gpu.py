@@ -35,10 +35,8 @@ CUDA build of PyTorch only minires is timed (the reason is printed).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -50,6 +48,9 @@ import minires.debug
 from minires import backend, models
 from minires.nn import functional as F
 from minires.optim import SGD
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, also when imported by path
+from readme_section import update_section  # noqa: E402
 
 README = Path(__file__).resolve().parent / "README.md"
 SECTION = "## GPU (bench_gpu.py)"
@@ -423,27 +424,7 @@ def render(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[st
 
 def update_readme(body: str) -> None:
     """Replace (or append) the GPU section of benchmarks/README.md atomically, leaving the rest untouched."""
-    old = README.read_text() if README.exists() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    section = SECTION + "\n\n" + body.rstrip() + "\n"
-    if start is None:
-        text = old.rstrip() + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        text = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
-    fd, tmp = tempfile.mkstemp(dir=README.parent, prefix=README.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, README)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    update_section(SECTION, body, README)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,9 +41,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import numpy as np
 
@@ -56,10 +55,9 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
-    "atomic_write",
-    "atomic_write_bytes",
-    "fsync_directory",
 ]
+
+from .atomic import atomic_write  # noqa: E402
 
 FORMAT = "minires-checkpoint"
 FORMAT_VERSION = 1
@@ -69,60 +67,6 @@ _META_KEY = "__meta__"
 class CheckpointError(ValueError):
     """A checkpoint file is missing, damaged, of an unknown format, or does not
     fit the model it is being loaded into."""
-
-
-# ---------------------------------------------------------------------------
-# Atomic file writing (also used for metrics files)
-# ---------------------------------------------------------------------------
-
-
-def fsync_directory(directory: str | os.PathLike) -> None:
-    """Flush a directory entry to disk so that a rename inside it is durable.
-
-    Not every platform can open a directory (Windows cannot); there the rename
-    is as durable as the OS makes it and this is a no-op.
-    """
-    try:
-        fd = os.open(os.fspath(directory), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Create or replace ``path`` with what ``write(file)`` writes, atomically.
-
-    Readers see the old file or the new one, never a mix: the data goes to a
-    temporary file in the same directory (``os.replace`` is only atomic
-    within one file system), which is flushed, ``fsync``-ed and renamed over
-    ``path``; then the directory is ``fsync``-ed so the rename is durable.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: never leave a stray temp file behind.
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_directory(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """:func:`atomic_write` of a bytes object (metrics files, config.json)."""
-    atomic_write(path, lambda f: f.write(data))
 
 
 # ---------------------------------------------------------------------------

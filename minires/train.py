@@ -64,7 +64,8 @@ import numpy as np
 from tqdm import tqdm
 
 from . import __version__, backend, models, recipes
-from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from .atomic import atomic_write_bytes
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DataLoader, split_validation, standard_augment, subset
 from .diagnostics import grad_norm_rows, rows_to_records
 from .diagnostics.grad_norms import format_table

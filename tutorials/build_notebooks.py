@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -149,23 +148,12 @@ def execute(nb, quick: bool, cell_timeout: int = 1200):
 
 
 def write_atomic(nb, path: Path) -> None:
-    """Write ``nb`` to ``path`` via a temporary file in the same directory (fsync, then rename)."""
+    """Write ``nb`` to ``path`` atomically (see minires.atomic)."""
     import nbformat
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from minires.atomic import atomic_write_text
+
+    atomic_write_text(path, nbformat.writes(nb))
 
 
 def _select(patterns: list[str]) -> list[str]:

@@ -55,9 +55,11 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 __all__ = [
     "CIFAR10",
@@ -603,21 +605,6 @@ def _read_cache(cache_dir: Path, expected: dict) -> dict | None:
     return out
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file via a temporary file in the same directory, fsync, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_cache(cache_dir: Path, manifest: dict, arrays: dict) -> None:
     """Save ``arrays`` as .npy files plus ``manifest`` (the source stats taken BEFORE decoding,
     so a file replaced while we were decoding makes the cache stale, not wrong)."""
@@ -627,12 +614,12 @@ def _write_cache(cache_dir: Path, manifest: dict, arrays: dict) -> None:
     if manifest_path.exists():
         manifest_path.unlink()
     for name in _ARRAYS:
-        _atomic_write(cache_dir / f"{name}.npy", lambda f, a=arrays[name]: np.save(f, a, allow_pickle=False))
+        atomic_write(cache_dir / f"{name}.npy", lambda f, a=arrays[name]: np.save(f, a, allow_pickle=False))
     manifest = dict(manifest)
     manifest["classes"] = list(arrays["classes"])
     manifest["arrays"] = {name: [list(arrays[name].shape), str(arrays[name].dtype)] for name in _ARRAYS}
     text = json.dumps(manifest, indent=1).encode("utf-8")
-    _atomic_write(manifest_path, lambda f: f.write(text))
+    atomic_write(manifest_path, lambda f: f.write(text))
 
 
 # ---------------------------------------------------------------------------

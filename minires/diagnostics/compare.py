@@ -49,7 +49,7 @@ from typing import Any, Sequence, TextIO
 import numpy as np
 
 from .. import backend, models
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..nn import functional as F
 from ..tensor import Tensor
 from .monitor import GradientHistory, GradientMonitor, save_history

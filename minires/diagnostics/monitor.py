@@ -61,7 +61,7 @@ import numpy as np
 
 from .. import nn
 from ..backend import get_array_module
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..models.blocks import Block
 from ..tensor import RemovableHandle, Tensor, is_grad_enabled
 from .grad_norms import GradNormRow, format_table, grad_norm_rows

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..checkpoint import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .monitor import GradientHistory
 
 __all__ = ["save_figure", "plot_depth_profile", "plot_heatmap", "plot_training_curves", "plot_depth_sweep",

@@ -12,13 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minires.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointError,
-    atomic_write_bytes,
-    load_checkpoint,
-    save_checkpoint,
-)
+from minires.atomic import atomic_write_bytes
+from minires.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _example_state() -> dict:
