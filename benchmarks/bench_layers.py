@@ -28,7 +28,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +44,8 @@ except ImportError:  # the script still times minires alone
     torch = None
 
 README = Path(__file__).resolve().parent / "README.md"
+sys.path.insert(0, str(README.parent))  # benchmarks/ is not a package; run as a script
+from readme_section import update_section  # noqa: E402
 SECTION = "## Layers (bench_layers.py)"
 
 # (C_in, C_out, input size, stride, how many in ResNet-20). Every conv is 3x3, padding 1, no bias.
@@ -250,33 +251,9 @@ def run(batch: int, repeats: int, ops: list[str]) -> tuple[list[str], list[str]]
     return text, markdown
 
 
-def write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def update_readme(section_body: str) -> None:
     """Replace (or append) the ``## Layers (bench_layers.py)`` section, leaving the rest untouched."""
-    old = README.read_text() if README.exists() else "# Benchmarks\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    new_section = SECTION + "\n\n" + section_body.rstrip() + "\n"
-    if start is None:
-        text = old.rstrip() + "\n\n" + new_section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        text = "".join(lines[:start]) + new_section + ("\n" + rest if rest else "")
-    write_atomically(README, text)
+    update_section(SECTION, section_body, README)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DataLoader, split_validation, standard_augment, subset
 from .diagnostics import grad_norm_rows, rows_to_records
 from .diagnostics.grad_norms import format_table
+from .kernels.conv import single_threaded_blas
 from .nn import functional as F
 from .nn import init
 from .tensor import Tensor, no_grad
@@ -780,15 +781,19 @@ class Trainer:
     def _step(self, images: Tensor, labels: Tensor, epoch: int) -> tuple[Tensor, Tensor]:
         """One SGD step on one batch; returns ``(loss, logits)``."""
         self._last_lr = float(self.optimizer.param_groups[0]["lr"])
-        logits = self.model(images)
-        loss = F.cross_entropy(logits, labels)
-        self.optimizer.zero_grad()
-        loss.backward()
-        n = self.config.grad_norms
-        if n and (self.global_step + 1) % n == 0:
-            # Before optimizer.step(): the pure loss gradient, without weight decay or momentum.
-            self._log_grad_norms(epoch, float(loss.item()))
-        self.optimizer.step()
+        # BLAS on one thread for the whole step: the convolutions parallelise
+        # over the batch themselves, and OpenBLAS's idle threads would spin on
+        # the cores they need (see single_threaded_blas; 1.6x on 2 cores).
+        with single_threaded_blas():
+            logits = self.model(images)
+            loss = F.cross_entropy(logits, labels)
+            self.optimizer.zero_grad()
+            loss.backward()
+            n = self.config.grad_norms
+            if n and (self.global_step + 1) % n == 0:
+                # Before optimizer.step(): the pure loss gradient, without weight decay or momentum.
+                self._log_grad_norms(epoch, float(loss.item()))
+            self.optimizer.step()
         self.scheduler.step()
         self.global_step += 1
         return loss, logits

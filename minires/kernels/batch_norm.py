@@ -84,6 +84,16 @@ owns the arrays). How the fast path saves work:
   then runs long contiguous inner loops, up to twice as fast (measured with
   NumPy 2.4) as broadcasting a ``(C, 1)`` column over ``(N, C, L)``, which
   runs one short inner loop per (sample, channel) pair.
+* Channels-last inputs stay channels-last. A 4-D x whose memory is (N, H,
+  W, C) (what the fast convolution returns, see :mod:`minires.kernels.conv`)
+  is viewed as the ``(N, H*W*C)`` matrix of its own memory, and the
+  per-channel rows are TILED (c0 c1 ... c0 c1 ...) instead of repeated: the
+  same long contiguous loops, no transpose, and y and dx come back in x's
+  layout. Copying it to NCHW first would cost a full transpose each way
+  (measured: about a third of batch norm's time in a ResNet-20 step).
+* Both cores: in training mode the slices (next point) are shared among
+  the kernel threads of :func:`minires.kernels.conv.run_chunks`, each thread
+  summing its own slices into partial sums that are added at the end.
 * Cache blocking on the CPU: the batch is processed in slices of about
   ``_CHUNK_BYTES``, and all the operations on one slice run back to back while
   it sits in the CPU cache. A temporary the size of one slice is reused for
@@ -96,8 +106,10 @@ owns the arrays). How the fast path saves work:
   the output array (then scales them in place), the backward into the array
   that becomes dx.
 
-float32 inputs give float32 outputs; the few per-channel numbers (C of them)
-are combined in float64, which costs nothing and keeps them exact enough.
+float32 inputs give float32 outputs. Sums are first taken per column of the
+``(N, C*L)`` matrix over one thread's rows (at most N numbers each, in x's
+dtype), then combined per channel in float64, which costs nothing and keeps
+the few per-channel numbers (C of them) exact enough.
 
 On the GPU (CuPy float32/float64 arrays), the training-mode forward and
 backward and the running-statistics update hand over to fused CUDA kernels in
@@ -108,11 +120,12 @@ code below on CuPy as whole-array operations.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..backend import get_array_module
+from .conv import run_chunks
 
 __all__ = [
     "batch_norm_train_forward",
@@ -130,22 +143,19 @@ __all__ = [
 
 # Size of the batch slices the CPU path works on: small enough that a slice of
 # x, of the output and of one temporary stay in a core's L2 cache together,
-# large enough that NumPy's per-call overhead is negligible. (Tests shrink it
-# to exercise slices that do not divide the batch.)
-_CHUNK_BYTES = 1 << 18
+# large enough that NumPy's per-call overhead (a few microseconds per
+# operation, several operations per slice, held under the GIL while two
+# threads share the slices) stays small. On the 2-core machine of
+# benchmarks/README.md, batch norm over the ResNet-20 shapes with 2 threads:
+# 80 ms per step with 1 MB slices, 108 ms with 256 kB (with 1 thread 256 kB
+# was about 10% faster). (Tests shrink it to exercise slices that do not
+# divide the batch.)
+_CHUNK_BYTES = 1 << 20
 
 
 # ---------------------------------------------------------------------------
 # Layout helpers
 # ---------------------------------------------------------------------------
-
-
-def _as_ncl(a: Any) -> Any:
-    """View ``(N, C, *spatial)`` as a C-contiguous ``(N, C, L)`` array, L = prod(spatial) (1 for 2-D)."""
-    xp = get_array_module(a)
-    a = xp.ascontiguousarray(a)
-    n, c = a.shape[0], a.shape[1]
-    return a.reshape(n, c, int(np.prod(a.shape[2:], dtype=np.int64)))
 
 
 def _channel_shape(ndim: int) -> tuple:
@@ -158,22 +168,97 @@ def _reduce_axes(ndim: int) -> tuple:
     return (0,) + tuple(range(2, ndim))
 
 
-def _row(values: Any, length: int, dtype: Any) -> Any:
-    """Per-channel ``values`` (C,) repeated into one contiguous row (C * length,).
+def _channels_last(a: Any) -> bool:
+    """True for a 4-D array stored channels-last, i.e. a transposed C-contiguous (N, H, W, C) buffer.
 
-    Broadcast over the batch axis of an ``(N, C*L)`` view, the row gives
-    channel c's value to every element of channel c.
+    An array that is ALSO C-contiguous (C == 1 or H*W == 1) counts as NCHW:
+    both orders are then the same memory.
+    """
+    return a.ndim == 4 and not a.flags.c_contiguous and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def _as_rows(a: Any, channels_last: bool) -> Any:
+    """``(N, C, *spatial)`` as an ``(N, K)`` matrix (K = C*L) in NCHW or channels-last order.
+
+    A view when ``a`` already has that memory order, else a copy into it
+    (e.g. an upstream gradient whose layout differs from x's).
+    """
+    xp = get_array_module(a)
+    n = a.shape[0]
+    if channels_last:
+        return xp.ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(n, -1)
+    return xp.ascontiguousarray(a).reshape(n, -1)
+
+
+def _from_rows(a2: Any, shape: tuple, channels_last: bool) -> Any:
+    """Inverse of :func:`_as_rows`: the ``(N, K)`` matrix back as an array of ``shape`` (a view)."""
+    if channels_last:
+        n, c, h, w = shape
+        return a2.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    return a2.reshape(shape)
+
+
+def _row(values: Any, length: int, dtype: Any, channels_last: bool = False) -> Any:
+    """Per-channel ``values`` (C,) laid out as one row of the ``(N, K)`` matrix, K = C * length.
+
+    NCHW: each value repeated ``length`` times (c0 c0 ... c1 c1 ...);
+    channels-last: the whole vector tiled ``length`` times (c0 c1 ... c0 c1 ...).
+    Broadcast over the batch axis, the row gives channel c's value to every
+    element of channel c.
     """
     xp = get_array_module(values)
-    return xp.repeat(values.astype(dtype, copy=False), length)
+    values = values.astype(dtype, copy=False)
+    return xp.tile(values, length) if channels_last else xp.repeat(values, length)
+
+
+def _fold(columns: Any, channels: int, channels_last: bool) -> Any:
+    """Totals per column of the ``(N, K)`` matrix, (K,), -> totals per channel, float64 (C,)."""
+    xp = get_array_module(columns)
+    if channels_last:
+        return columns.reshape(-1, channels).sum(axis=0, dtype=xp.float64)
+    return columns.reshape(channels, -1).sum(axis=1, dtype=xp.float64)
+
+
+def _column_sum(a2: Any) -> Any:
+    """Sum over the rows of an ``(N, K)`` matrix: ``ones(N) @ a``, one BLAS pass."""
+    xp = get_array_module(a2)
+    return xp.ones(a2.shape[0], dtype=a2.dtype) @ a2
+
+
+def _column_dot(a2: Any, b2: Any) -> Any:
+    """``sum over n of a[n, k] * b[n, k]`` for every column k, without materialising ``a * b``."""
+    xp = get_array_module(a2, b2)
+    return xp.einsum("nk,nk->k", a2, b2)
+
+
+def _slice_rows(n: int, row_bytes: int, xp: Any) -> int:
+    """Samples per batch slice: about ``_CHUNK_BYTES`` of them (the whole batch on the GPU)."""
+    if xp is not np:
+        return max(n, 1)  # no cache to block for; fewer, larger kernels are better
+    return max(1, _CHUNK_BYTES // max(1, row_bytes))
 
 
 def _batch_slices(n: int, row_bytes: int, xp: Any) -> list:
     """Slices of the batch axis of about ``_CHUNK_BYTES`` each (one slice on the GPU)."""
-    if xp is not np:
-        return [slice(0, n)]  # no cache to block for; fewer, larger kernels are better
-    step = max(1, _CHUNK_BYTES // max(1, row_bytes))
+    step = _slice_rows(n, row_bytes, xp)
     return [slice(start, min(n, start + step)) for start in range(0, n, step)]
+
+
+def _over_slices(xp: Any, n: int, row_bytes: int, body: Callable[[list], Any], size: int) -> list:
+    """Run ``body(slices)`` on the batch slices of :func:`_batch_slices`, shared among threads.
+
+    The slices are dealt to the kernel threads of
+    :func:`minires.kernels.conv.run_chunks` (NumPy releases the GIL inside
+    each operation, so two threads run two slices at once); ``body`` gets
+    one thread's list of slices and returns its partial result. Returns the
+    list of partial results, one per thread, in a fixed order (so sums of
+    them are reproducible run to run). ``size``: elements of the array, to
+    decide whether threads are worth their hand-off.
+    """
+    step = _slice_rows(n, row_bytes, xp)
+    return run_chunks(
+        xp, n, step, lambda starts: body([slice(s, min(n, s + step)) for s in starts]), flops=4 * size
+    )
 
 
 def channel_sum(a3: Any) -> Any:
@@ -183,40 +268,39 @@ def channel_sum(a3: Any) -> Any:
     matrix-vector product (multi-threaded, one pass over ``a``); the
     ``(C, L)`` remainder is small.
     """
-    xp = get_array_module(a3)
     n, c, length = a3.shape
-    ones = xp.ones(n, dtype=a3.dtype)
-    over_batch = ones @ a3.reshape(n, c * length)
-    return over_batch.reshape(c, length).sum(axis=1, dtype=xp.float64)
+    return _fold(_column_sum(a3.reshape(n, c * length)), c, channels_last=False)
 
 
 def channel_dot(a3: Any, b3: Any) -> Any:
     """Per-channel dot product ``sum over n, l of a[n, c, l] * b[n, c, l]``, as float64 ``(C,)``."""
-    xp = get_array_module(a3, b3)
-    return xp.einsum("ncl,ncl->c", a3, b3).astype(xp.float64)
+    n, c, length = a3.shape
+    return _fold(_column_dot(a3.reshape(n, c * length), b3.reshape(n, c * length)), c, channels_last=False)
 
 
-def _centered_channel_dot(g3: Any, x3: Any, mean: Any, centred_out: Any = None) -> Any:
+def _centered_channel_dot(
+    g2: Any, x2: Any, mean: Any, channels: int, channels_last: bool, centred_out: Any = None
+) -> Any:
     """``sum(g * (x - mean))`` per channel, float64 (C,), centring slice by slice.
 
-    Not ``channel_dot(g, x) - mean * channel_sum(g)``: see "Numerical care" in
-    the module docstring. The centred values go to a small scratch buffer that
-    stays in cache, or, when the caller passes ``centred_out`` (an array of
-    shape ``(N, C*L)``), into that array, for the caller to reuse.
+    ``g2`` and ``x2`` are ``(N, K)`` matrices from :func:`_as_rows` (same
+    order). Not ``channel_dot(g, x) - mean * channel_sum(g)``: see "Numerical
+    care" in the module docstring. The centred values go to a small scratch
+    buffer that stays in cache, or, when the caller passes ``centred_out`` (an
+    ``(N, K)`` array), into that array, for the caller to reuse.
     """
-    xp = get_array_module(g3, x3)
-    n, c, length = x3.shape
-    x2 = x3.reshape(n, c * length)
-    mean_row = _row(mean, length, x3.dtype)
-    slices = _batch_slices(n, c * length * x3.itemsize, xp)
+    xp = get_array_module(g2, x2)
+    n, k = x2.shape
+    mean_row = _row(mean, k // channels, x2.dtype, channels_last)
+    slices = _batch_slices(n, k * x2.itemsize, xp)
     if centred_out is None:
-        scratch = xp.empty((slices[0].stop - slices[0].start, c * length), dtype=x3.dtype)
-    total = xp.zeros(c, dtype=xp.float64)
+        scratch = xp.empty((slices[0].stop - slices[0].start, k), dtype=x2.dtype)
+    total = xp.zeros(k, dtype=x2.dtype)
     for s in slices:
         centred = scratch[: s.stop - s.start] if centred_out is None else centred_out[s]
         xp.subtract(x2[s], mean_row, out=centred)
-        total += channel_dot(g3[s], centred.reshape(-1, c, length))
-    return total
+        total += _column_dot(g2[s], centred)
+    return _fold(total, channels, channels_last)
 
 
 # ---------------------------------------------------------------------------
@@ -254,45 +338,62 @@ def batch_norm_train_forward_reference(x: Any, weight: Any, bias: Any, eps: floa
 def batch_norm_train_forward(x: Any, weight: Any, bias: Any, eps: float) -> tuple:
     """Training-mode forward, fast path: same contract as :func:`batch_norm_train_forward_reference`.
 
-    Passes over memory: one BLAS pass for the means; then, slice by slice,
-    ``y = x - mean`` written straight into the output buffer and the sum of
-    its squares taken while the slice is in cache; then ``y *= gamma * s;
-    y += beta`` in place, again slice by slice. Saves nothing but what it
-    returns: backward recomputes the centred values from x.
+    Three passes over memory, each slice by slice and shared among the
+    kernel threads: the sums for the means; ``y = x - mean`` written
+    straight into the output buffer and the sum of its squares taken while
+    the slice is in cache; ``y *= gamma * s; y += beta`` in place. Saves
+    nothing but what it returns: backward recomputes the centred values
+    from x.
     """
     xp = get_array_module(x)
     if xp is not np:  # GPU: fused CUDA kernels, one reduction pass + one elementwise pass (kernels/cuda/batch_norm.py)
         from .cuda import batch_norm as cuda_bn
         if cuda_bn.supported(x, weight, bias):
             return cuda_bn.batch_norm_train_forward(x, weight, bias, eps)
-    x3 = _as_ncl(x)
-    n, c, length = x3.shape
+    cl = _channels_last(x)
+    x2 = _as_rows(x, cl)
+    n, k = x2.shape
+    c = x.shape[1]
+    length = k // c
     m = n * length
-    dtype = x3.dtype
-    x2 = x3.reshape(n, c * length)
+    dtype = x2.dtype
 
-    mean = (channel_sum(x3) / m).astype(dtype)
-    mean_row = _row(mean, length, dtype)
+    row_bytes = k * x2.itemsize
+
+    def column_sums(slices: list) -> Any:
+        total = xp.zeros(k, dtype=dtype)
+        for s in slices:
+            total += _column_sum(x2[s])
+        return total
+
+    mean = (_fold(sum(_over_slices(xp, n, row_bytes, column_sums, x.size)), c, cl) / m).astype(dtype)
+    mean_row = _row(mean, length, dtype, cl)
     y2 = xp.empty_like(x2)
-    slices = _batch_slices(n, c * length * x3.itemsize, xp)
-    sum_sq = xp.zeros(c, dtype=xp.float64)
-    for s in slices:
-        centred = y2[s]
-        xp.subtract(x2[s], mean_row, out=centred)
-        centred3 = centred.reshape(-1, c, length)
-        sum_sq += channel_dot(centred3, centred3)
-    var = sum_sq / m
+
+    def centre(slices: list) -> Any:
+        sum_sq = xp.zeros(k, dtype=dtype)
+        for s in slices:
+            centred = y2[s]
+            xp.subtract(x2[s], mean_row, out=centred)
+            sum_sq += _column_dot(centred, centred)
+        return sum_sq
+
+    var = _fold(sum(_over_slices(xp, n, row_bytes, centre, x.size)), c, cl) / m
     inv_std = 1.0 / xp.sqrt(var + eps)
 
     scale = inv_std if weight is None else inv_std * weight.astype(xp.float64)
-    scale_row = _row(scale, length, dtype)
-    bias_row = None if bias is None else _row(bias, length, dtype)
-    for s in slices:
-        out = y2[s]
-        out *= scale_row
-        if bias_row is not None:
-            out += bias_row
-    return y2.reshape(x.shape), mean, var.astype(dtype), inv_std.astype(dtype)
+    scale_row = _row(scale, length, dtype, cl)
+    bias_row = None if bias is None else _row(bias, length, dtype, cl)
+
+    def scale_and_shift(slices: list) -> None:
+        for s in slices:
+            out = y2[s]
+            out *= scale_row
+            if bias_row is not None:
+                out += bias_row
+
+    _over_slices(xp, n, row_bytes, scale_and_shift, x.size)
+    return _from_rows(y2, x.shape, cl), mean, var.astype(dtype), inv_std.astype(dtype)
 
 
 def batch_norm_train_backward_reference(
@@ -336,10 +437,10 @@ def batch_norm_train_backward(
     ``need_dx=False`` skips the input gradient (returns None for it), e.g. for
     a first layer whose input needs no gradient.
 
-    Passes: one BLAS pass for dbias = sum(g); one that writes x - mean into
-    the dx buffer and takes dgamma = s * sum(g * (x - mean)) slice by slice
-    while it is in cache; one that turns the buffer into dx, written as
-    ``a * g + b * (x - mean) + c`` with per-channel a, b, c::
+    Two passes over memory, each slice by slice while the slice is in cache
+    (slices shared among the kernel threads): the first takes dbias = sum(g) and dgamma = s * sum(g * (x - mean)); the
+    second writes dx as ``a * g + b * (x - mean) + c`` with per-channel
+    a, b, c::
 
         a = gamma * s,   b = -gamma * s^3 * sum(g (x - mu)) / m,   c = -gamma * s * sum(g) / m
 
@@ -350,17 +451,35 @@ def batch_norm_train_backward(
         from .cuda import batch_norm as cuda_bn
         if cuda_bn.supported(grad, x, mean, inv_std, weight):
             return cuda_bn.batch_norm_train_backward(grad, x, mean, inv_std, weight, need_dx=need_dx)
-    x3 = _as_ncl(x)
-    g3 = _as_ncl(grad)
-    n, c, length = x3.shape
+    cl = _channels_last(x)
+    x2 = _as_rows(x, cl)
+    g2 = _as_rows(grad, cl)  # in x's memory order (a copy only if grad's differs)
+    n, k = x2.shape
+    c = x.shape[1]
+    length = k // c
     m = n * length
-    dtype = x3.dtype
+    dtype = x2.dtype
 
-    sum_g = channel_sum(g3)
-    # The centred values x - mean are written straight into the buffer that
-    # will hold dx: the dx pass then starts from them instead of reading x again.
-    dx2 = xp.empty((n, c * length), dtype=dtype) if need_dx else None
-    sum_g_centred = _centered_channel_dot(g3, x3, mean, centred_out=dx2)
+    mean_row = _row(mean, length, dtype, cl)
+    row_bytes = k * x2.itemsize
+    rows_per_slice = _slice_rows(n, row_bytes, xp)
+
+    def sums(slices: list) -> Any:
+        # Both sums from each slice while it is in cache. The centred values
+        # go to a small scratch buffer, not to memory: pass 2 recomputes them,
+        # which is cheaper than writing and re-reading a full-size array.
+        scratch = xp.empty((rows_per_slice, k), dtype=dtype)
+        sum_g_cols = xp.zeros(k, dtype=dtype)
+        dot_cols = xp.zeros(k, dtype=dtype)
+        for sl in slices:
+            g_slice, centred = g2[sl], scratch[: sl.stop - sl.start]
+            sum_g_cols += _column_sum(g_slice)
+            xp.subtract(x2[sl], mean_row, out=centred)
+            dot_cols += _column_dot(g_slice, centred)
+        return xp.stack([sum_g_cols, dot_cols])
+
+    totals = sum(_over_slices(xp, n, row_bytes, sums, x.size))
+    sum_g, sum_g_centred = _fold(totals[0], c, cl), _fold(totals[1], c, cl)
     s = inv_std.astype(xp.float64)
     dbias = sum_g
     dweight = sum_g_centred * s
@@ -371,19 +490,23 @@ def batch_norm_train_backward(
     a = gamma * s
     b = -gamma * s**3 * sum_g_centred / m
     c_shift = -gamma * s * sum_g / m
-    a_row, b_row, c_row = _row(a, length, dtype), _row(b, length, dtype), _row(c_shift, length, dtype)
+    a_row, b_row, c_row = (_row(v, length, dtype, cl) for v in (a, b, c_shift))
 
-    g2 = g3.reshape(n, c * length)
-    slices = _batch_slices(n, c * length * x3.itemsize, xp)
-    scratch = xp.empty((slices[0].stop - slices[0].start, c * length), dtype=dtype)
-    for sl in slices:
-        out = dx2[sl]  # holds x - mean
-        out *= b_row
-        scaled_g = scratch[: sl.stop - sl.start]
-        xp.multiply(g2[sl], a_row, out=scaled_g)
-        out += scaled_g
-        out += c_row
-    return dx2.reshape(x.shape), dweight.astype(dtype), dbias.astype(dtype)
+    dx2 = xp.empty((n, k), dtype=dtype)
+
+    def input_gradient(slices: list) -> None:  # pass 2: dx = b * (x - mean) + a * g + c
+        scratch = xp.empty((rows_per_slice, k), dtype=dtype)
+        for sl in slices:
+            out = dx2[sl]
+            xp.subtract(x2[sl], mean_row, out=out)
+            out *= b_row
+            scaled_g = scratch[: sl.stop - sl.start]
+            xp.multiply(g2[sl], a_row, out=scaled_g)
+            out += scaled_g
+            out += c_row
+
+    _over_slices(xp, n, row_bytes, input_gradient, x.size)
+    return _from_rows(dx2, x.shape, cl), dweight.astype(dtype), dbias.astype(dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -425,22 +548,24 @@ def batch_norm_eval_forward(
     computed slice by slice so the second finds the slice in cache.
     """
     xp = get_array_module(x)
-    x3 = _as_ncl(x)
-    n, c, length = x3.shape
-    dtype = x3.dtype
+    cl = _channels_last(x)
+    x2 = _as_rows(x, cl)
+    n, k = x2.shape
+    c = x.shape[1]
+    length = k // c
+    dtype = x2.dtype
     s = 1.0 / xp.sqrt(running_var.astype(xp.float64) + eps)
     scale = s if weight is None else s * weight.astype(xp.float64)
     shift = -running_mean.astype(xp.float64) * scale
     if bias is not None:
         shift = shift + bias.astype(xp.float64)
-    scale_row, shift_row = _row(scale, length, dtype), _row(shift, length, dtype)
-    x2 = x3.reshape(n, c * length)
+    scale_row, shift_row = _row(scale, length, dtype, cl), _row(shift, length, dtype, cl)
     y2 = xp.empty_like(x2)
-    for sl in _batch_slices(n, c * length * x3.itemsize, xp):
+    for sl in _batch_slices(n, k * x2.itemsize, xp):
         out = y2[sl]
         xp.multiply(x2[sl], scale_row, out=out)
         out += shift_row
-    return y2.reshape(x.shape)
+    return _from_rows(y2, x.shape, cl)
 
 
 def batch_norm_eval_backward_reference(
@@ -475,19 +600,22 @@ def batch_norm_eval_backward(
     BLAS sum and centred dot product as training mode.
     """
     xp = get_array_module(grad, x)
-    g3 = _as_ncl(grad)
-    n, c, length = g3.shape
-    dtype = g3.dtype
+    cl = _channels_last(x)
+    g2 = _as_rows(grad, cl)
+    n, k = g2.shape
+    c = x.shape[1]
+    length = k // c
+    dtype = g2.dtype
     dweight = dbias = dx = None
     if need_dparams:
-        x3 = _as_ncl(x)
-        dbias = channel_sum(g3).astype(dtype)
-        dweight = (_centered_channel_dot(g3, x3, mean) * inv_std.astype(xp.float64)).astype(dtype)
+        x2 = _as_rows(x, cl)
+        dbias = _fold(_column_sum(g2), c, cl).astype(dtype)
+        dweight = (_centered_channel_dot(g2, x2, mean, c, cl) * inv_std.astype(xp.float64)).astype(dtype)
     if need_dx:
         a = inv_std.astype(xp.float64)
         if weight is not None:
             a = a * weight.astype(xp.float64)
-        dx = xp.multiply(g3.reshape(n, c * length), _row(a, length, dtype)).reshape(grad.shape)
+        dx = _from_rows(xp.multiply(g2, _row(a, length, dtype, cl)), x.shape, cl)
     return dx, dweight, dbias
 
 

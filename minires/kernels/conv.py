@@ -41,8 +41,20 @@ things, each one measured (``benchmarks/bench_layers.py``; numbers in
    into a zero-bordered buffer in (row, image, column, channel) order, so the
    C values of a pixel are adjacent and the copies below move runs of
    ``kW * C`` numbers instead of single floats. Results come out of the GEMMs
-   in the same order and are transposed back to NCHW while still in cache,
-   so the arrays crossing the API are ordinary C-contiguous NCHW.
+   in the same order, and the arrays the fast path RETURNS (y, and d x in
+   the backward pass) are NCHW in shape but channels-last in memory: an
+   (N, H, W, C) C-contiguous buffer seen through ``transpose(0, 3, 1, 2)``,
+   exactly PyTorch's ``channels_last`` memory format (see
+   :func:`empty_channels_last`). Indexing, shapes and values are those of
+   any NCHW array; only the strides differ. Why: copying a chunk between
+   NCHW and the (row, image, column, channel) order is a full transpose
+   that gathers single floats, while between channels-last and that order
+   it moves whole contiguous image rows (``W * C`` numbers). Conv outputs
+   flow through batch norm, ReLU and the residual addition (elementwise
+   code that keeps the layout) into the next convolution, so in a ResNet
+   every convolution after the first reads and writes channels-last, and
+   the transposes, about a fifth of the convolution time in NCHW, become
+   plain copies. Any input layout is accepted.
 2. **Unfold the width only: 3 copies, not 9.** Instead of full im2col, each
    pixel is copied kW times (its row of windows, see :class:`_RowWindows`),
    and the kH kernel rows become kH matrix products on row ranges of that
@@ -83,8 +95,10 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..backend import get_array_module
 from .im2col import col2im, im2col, output_hw
@@ -96,6 +110,9 @@ __all__ = [
     "conv2d_backward_reference",
     "num_threads",
     "run_chunks",
+    "single_threaded_blas",
+    "empty_channels_last",
+    "is_channels_last",
 ]
 
 Pair = tuple[int, int]
@@ -166,6 +183,28 @@ def conv2d_backward_reference(
 
 
 # ---------------------------------------------------------------------------
+# Channels-last memory format
+# ---------------------------------------------------------------------------
+
+
+def empty_channels_last(xp: Any, shape: Sequence[int], dtype: Any) -> Any:
+    """An uninitialised array of NCHW ``shape`` (N, C, H, W) stored channels-last.
+
+    The memory is a C-contiguous (N, H, W, C) buffer; the returned array is
+    its ``transpose(0, 3, 1, 2)`` view, so ``a[n, c, h, w]`` indexes as usual
+    while the C values of each pixel are adjacent in memory (PyTorch's
+    ``torch.channels_last``).
+    """
+    n, c, h, w = shape
+    return xp.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+
+
+def is_channels_last(a: Any) -> bool:
+    """True when the 4-D (N, C, H, W) array ``a`` is a transposed C-contiguous (N, H, W, C) buffer."""
+    return a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+# ---------------------------------------------------------------------------
 # Threads: a pool for the chunks, BLAS limited to one thread meanwhile
 # ---------------------------------------------------------------------------
 
@@ -219,6 +258,27 @@ def _blas_controller() -> Any:
     return _blas_state["controller"]
 
 
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Limit BLAS to one thread while the block runs (a whole training step, say).
+
+    Why: after a multi-threaded BLAS call OpenBLAS's worker threads spin for a
+    while waiting for more work; in a step that alternates BLAS calls with
+    NumPy copies and with :func:`run_chunks` regions those spinning threads
+    steal the cores from the code that runs next (measured on the 2-core
+    machine of ``benchmarks/README.md``: a ResNet-20 step went from 1151 to
+    718 ms). The convolutions get their parallelism from :func:`run_chunks`
+    instead, which splits the batch over threads. A no-op without
+    ``threadpoolctl``. Restores the previous BLAS thread count on exit.
+    """
+    controller = _blas_controller()
+    if controller is None:
+        yield
+        return
+    with controller.limit(limits=1, user_api="blas"):
+        yield
+
+
 def run_chunks(xp: Any, n_items: int, chunk: int, work: Callable[[list[int]], Any], flops: int = 0) -> list[Any]:
     """Split ``range(n_items)`` into chunks of ``chunk`` and hand them to ``work``.
 
@@ -253,6 +313,48 @@ def run_chunks(xp: Any, n_items: int, chunk: int, work: Callable[[list[int]], An
                 wait(futures)  # never leave a worker writing into buffers after an error here
             results += [f.result() for f in futures]
     return results
+
+
+# ---------------------------------------------------------------------------
+# Scratch buffers kept between calls
+# ---------------------------------------------------------------------------
+
+# Every call of the fast path needs a few chunk-sized scratch buffers per
+# thread. Allocating them afresh costs more than it seems: buffers of a few
+# hundred kB come from mmap, so every first write to each 4 kB page is a page
+# fault, and the zero-bordered ones are zeroed each time (cProfile of a
+# ResNet-20 step on the busy 2-core machine: about 100 ms of 1.4 s in
+# numpy.zeros alone). A ResNet calls
+# the same few geometries over and over, so each thread keeps its buffers,
+# keyed by what they hold; least recently used ones are dropped beyond
+# _WORKSPACE_ENTRIES (a few MB per thread for a CIFAR ResNet).
+_WORKSPACE_ENTRIES = 64
+_workspace_local = threading.local()
+
+
+def _workspace(xp: Any, key: tuple, shape: tuple, dtype: Any, zeroed: bool = False) -> Any:
+    """A scratch array of ``shape`` owned by the calling thread, reused by later calls with the same key.
+
+    ``zeroed`` buffers are zero when created; callers that rely on parts of
+    one staying zero (the border of a padded image) must never write there,
+    and must put everything that decides WHERE they write into ``key``. Only
+    NumPy buffers are kept: on the GPU this allocates afresh (CuPy has its
+    own memory pool).
+    """
+    if xp.__name__ != "numpy":
+        return (xp.zeros if zeroed else xp.empty)(shape, dtype=dtype)
+    cache = getattr(_workspace_local, "buffers", None)
+    if cache is None:
+        cache = _workspace_local.buffers = OrderedDict()
+    full_key = (key, tuple(shape), xp.dtype(dtype).str, zeroed)
+    buf = cache.get(full_key)
+    if buf is None:
+        buf = cache[full_key] = (xp.zeros if zeroed else xp.empty)(shape, dtype=dtype)
+        while len(cache) > _WORKSPACE_ENTRIES:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(full_key)
+    return buf
 
 
 # ---------------------------------------------------------------------------
@@ -295,8 +397,9 @@ class _RowWindows:
         dilation: Pair,
         out_hw: Pair,
         dtype: Any,
+        role: str = "x",
     ) -> None:
-        self.xp, self.channels, self.dtype = xp, channels, dtype
+        self.xp, self.channels, self.dtype, self.role = xp, channels, dtype, role
         self.in_hw, self.kernel, self.stride, self.padding, self.dilation, self.out_hw = (
             in_hw, kernel, stride, padding, dilation, out_hw,
         )
@@ -310,46 +413,53 @@ class _RowWindows:
         self.m = 0
 
     def _allocate(self, m: int) -> None:
-        # Sized for exactly m images so that tap() stays one 2-D view; only the
-        # last, smaller chunk of a batch causes a second allocation.
+        # Sized for exactly m images so that tap() stays one 2-D view (the
+        # last, smaller chunk of a batch gets buffers of its own). Kept by the
+        # thread between calls: only the interior of ``padded`` is ever
+        # written, so its zero border stays zero.
         xp = self.xp
         self.m = m
-        make = xp.zeros if max(self.padding) > 0 or self.rows > self.hp else xp.empty
-        self.padded = make((self.rows, m, self.wp, self.channels), dtype=self.dtype)
-        if not self.direct:
-            (_, kw), (sh, _) = self.kernel, self.stride
-            self.unfolded = xp.empty((sh, self.q, m, self.out_hw[1], kw, self.channels), dtype=self.dtype)
+        key = ("rowwindows", self.role, self.channels, self.in_hw, self.kernel, self.stride, self.padding,
+               self.dilation, self.out_hw)
+        zeroed = max(self.padding) > 0 or self.rows > self.hp
+        self.padded = _workspace(xp, key + ("padded",), (self.rows, m, self.wp, self.channels), self.dtype, zeroed)
+        # Views used for every chunk, made once here (each costs microseconds
+        # of Python while holding the GIL, i.e. while the other thread waits).
+        (kh, kw), (sh, sw), (dh, dw), (ho, wo) = self.kernel, self.stride, self.dilation, self.out_hw
+        (ph, pw), (h, w) = self.padding, self.in_hw
+        lo_h, lo_w = max(ph, 0), max(pw, 0)  # where the image starts in the buffer
+        self._cut_h, self._cut_w = max(-ph, 0), max(-pw, 0)  # rows/cols cropped off each side
+        self._interior = self.padded[lo_h : lo_h + h - 2 * self._cut_h, :, lo_w : lo_w + w - 2 * self._cut_w, :]
+        if self.direct:
+            self._taps = [self.padded[i * dh : i * dh + ho].reshape(ho * m * wo, self.channels) for i in range(kh)]
+            return
+        self.unfolded = _workspace(xp, key + ("unfolded",), (sh, self.q, m, wo, kw, self.channels), self.dtype)
+        s_row, s_img, s_col, s_ch = self.padded.strides
+        self._windows = xp.lib.stride_tricks.as_strided(
+            self.padded,
+            shape=(sh, self.q, m, wo, kw, self.channels),
+            strides=(s_row, sh * s_row, s_img, sw * s_col, dw * s_col, s_ch),
+        )
+        # Kernel row i reads phase i*dH % sH, rows q0 = i*dH // sH onwards.
+        self._taps = [
+            self.unfolded[i * dh % sh, i * dh // sh : i * dh // sh + ho].reshape(ho * m * wo, -1) for i in range(kh)
+        ]
 
     def fill(self, chunk: Any) -> None:
         """Load ``chunk`` (m, C, H, W), any memory layout, and unfold it."""
-        m = chunk.shape[0]
-        if m != self.m:
-            self._allocate(m)
-        (ph, pw), (h, w) = self.padding, self.in_hw
-        lo_h, lo_w = max(ph, 0), max(pw, 0)  # where the image starts in the buffer
-        cut_h, cut_w = max(-ph, 0), max(-pw, 0)  # rows/cols cropped off each side
-        # Copy 1: NCHW -> (row, image, column, channel), inside the zero border.
-        self.padded[lo_h : lo_h + h - 2 * cut_h, :, lo_w : lo_w + w - 2 * cut_w, :] = chunk[
-            :, :, cut_h : h - cut_h, cut_w : w - cut_w
-        ].transpose(2, 0, 3, 1)
-        if self.direct:
-            return
-        (_, kw), (sh, sw), (_, dw) = self.kernel, self.stride, self.dilation
-        s_row, s_img, s_col, s_ch = self.padded.strides
-        windows = self.xp.lib.stride_tricks.as_strided(
-            self.padded,
-            shape=(sh, self.q, m, self.out_hw[1], kw, self.channels),
-            strides=(s_row, sh * s_row, s_img, sw * s_col, dw * s_col, s_ch),
+        if chunk.shape[0] != self.m:
+            self._allocate(chunk.shape[0])
+        h, w = self.in_hw
+        # Copy 1: (image, channel, row, column) -> (row, image, column, channel), inside the zero border.
+        self._interior[...] = chunk[:, :, self._cut_h : h - self._cut_h, self._cut_w : w - self._cut_w].transpose(
+            2, 0, 3, 1
         )
-        self.unfolded[...] = windows  # copy 2: the width unfold (kW copies of each pixel)
+        if not self.direct:
+            self.unfolded[...] = self._windows  # copy 2: the width unfold (kW copies of each pixel)
 
     def tap(self, i: int) -> Any:
         """The (H_out*m*W_out, kW*C) matrix of kernel row i (a view)."""
-        (sh, _), (dh, _), (ho, wo) = self.stride, self.dilation, self.out_hw
-        phase, q0 = i * dh % sh, i * dh // sh
-        if self.direct:
-            return self.padded[q0 : q0 + ho].reshape(ho * self.m * wo, self.channels)
-        return self.unfolded[phase, q0 : q0 + ho].reshape(ho * self.m * wo, -1)
+        return self._taps[i]
 
 
 def _phase_span(r: int, s: int, pad: int, size: int) -> tuple[int, int, int]:
@@ -375,18 +485,21 @@ def _accumulate_taps(xp: Any, windows: _RowWindows, tap_weights: list[Any], out:
 
 
 # How many images go into one chunk: enough work (about 8 million
-# multiply-adds, and at least a few hundred matrix rows) that BLAS runs
-# efficiently and that the threads rarely need the GIL (every NumPy call
-# between two chunks does; on a busy machine a thread can be descheduled while
-# holding it, stalling the other), yet small enough that a chunk's buffers
-# mostly stay in cache. For ResNet-20 that is 4 images per chunk in the
-# stride-1 layers, 8 in the stride-2 ones and 19 in the 3-channel stem.
-# Measured with benchmarks/bench_layers.py on the 2-core machine described in
-# benchmarks/README.md: chunks of 2M multiply-adds were a little faster on one
-# thread but scaled badly to two (the whole conv stack: 590 ms with 2 threads
-# vs 367 ms with 8M chunks).
+# multiply-adds, and at least 2048 matrix rows) that BLAS runs efficiently
+# and that the threads rarely need the GIL (every NumPy call between two
+# chunks does; on a busy machine a thread can be descheduled while holding
+# it, stalling the other), yet small enough that a chunk's buffers mostly
+# stay in cache. For ResNet-20 that is 4 images per chunk in the 32x32
+# layers, 8 in the 16x16 ones, 32 in the 8x8 ones and 19 in the 3-channel
+# stem. Measured with benchmarks/bench_layers.py on the 2-core machine
+# described in benchmarks/README.md: chunks of 2M multiply-adds were a little
+# faster on one thread but scaled badly to two (the whole conv stack: 590 ms
+# with 2 threads vs 367 ms with 8M chunks); a minimum of 256 rows left the 8x8
+# layers with 32 tiny chunks whose Python overhead kept two threads from
+# helping (2048 rows: fwd + bwd of the 64-channel 8x8 layer 13.2 -> 10.6 ms,
+# benchmarks/README.md, "Training step").
 _CHUNK_WORK = 1 << 23
-_MIN_CHUNK_ROWS = 256
+_MIN_CHUNK_ROWS = 2048
 
 
 def _images_per_chunk(xp: Any, n: int, work_per_image: int, rows_per_image: int) -> int:
@@ -411,7 +524,8 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, 
         bias: (C_out,) or None. stride, padding, dilation: validated pairs.
 
     Returns:
-        y: (N, C_out, H_out, W_out), C-contiguous, dtype of x.
+        y: (N, C_out, H_out, W_out), dtype of x; channels-last in memory on
+        NumPy (module docstring, point 1).
     """
     xp = get_array_module(x)
     if xp.__name__ != "numpy":  # GPU: im2col CUDA kernel + one cuBLAS GEMM (kernels/cuda/im2col.py)
@@ -422,13 +536,14 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, 
     c_out, _, kh, kw = weight.shape
     ho, wo = output_hw((h, w), (kh, kw), stride, padding, dilation)
     tap_w = _tap_weights(weight)
-    out = xp.empty((n, c_out, ho, wo), dtype=x.dtype)
+    out = empty_channels_last(xp, (n, c_out, ho, wo), x.dtype)
+    out_nhwc = out.transpose(0, 2, 3, 1)  # the buffer itself, (N, H_out, W_out, C_out)
     nb = _images_per_chunk(xp, n, ho * wo * kh * kw * c * c_out, ho * wo)
 
     def work(starts: list[int]) -> None:
         windows = _RowWindows(xp, c, (h, w), (kh, kw), stride, padding, dilation, (ho, wo), x.dtype)
-        result = xp.empty(nb * ho * wo * c_out, dtype=x.dtype)
-        scratch = xp.empty_like(result)
+        result = _workspace(xp, ("rows", 0), (nb * ho * wo * c_out,), x.dtype)
+        scratch = _workspace(xp, ("rows", 1), (nb * ho * wo * c_out,), x.dtype)
         for n0 in starts:
             m = min(nb, n - n0)
             rows = m * ho * wo
@@ -442,8 +557,9 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, 
             )
             if bias is not None:
                 res += bias
-            # Rows are (h, n, w): back to NCHW while the chunk is still in cache.
-            out[n0 : n0 + m] = res.reshape(ho, m, wo, c_out).transpose(1, 3, 0, 2)
+            # Rows are (h, n, w): reorder to (n, h, w) while the chunk is in
+            # cache, moving whole rows of W_out * C_out numbers.
+            out_nhwc[n0 : n0 + m] = res.reshape(ho, m, wo, c_out).transpose(1, 0, 2, 3)
 
     run_chunks(xp, n, nb, work, flops=n * ho * wo * c * kh * kw * c_out)
     return out
@@ -460,8 +576,10 @@ def conv2d_backward(
 ) -> tuple[Any, Any, Any]:
     """Fast convolution backward (same results as :func:`conv2d_backward_reference`).
 
-    d weight: for kernel row i, ``dW_i = g^T @ tap(i)`` with g as a (C_out,
-    rows) matrix whose rows match the forward's (h, n, w) order.
+    d weight: for kernel row i, ``dW_i = g^T @ tap(i)`` with g as a (rows,
+    C_out) matrix whose rows match the forward's (h, n, w) order (copied from
+    grad_out in runs of W_out * C_out numbers when grad_out is channels-last;
+    BLAS reads its transpose without a copy).
 
     d x, unit stride: the transposed convolution (module docstring, point 4),
     computed with the same row-unfold machinery on the output gradient.
@@ -478,7 +596,8 @@ def conv2d_backward(
 
     Returns:
         (grad_x (N, C, H, W) | None, grad_weight (C_out, C, kH, kW) | None,
-        grad_bias (C_out,) | None), dtype of x.
+        grad_bias (C_out,) | None), dtype of x; grad_x is channels-last in
+        memory on NumPy, like the forward's output.
     """
     need_x, need_w, need_b = (tuple(needs_input_grad) + (False, False, False))[:3]
     xp = get_array_module(x)
@@ -496,7 +615,8 @@ def conv2d_backward(
         return None, None, grad_b
 
     unit_stride = stride == (1, 1)
-    grad_x = xp.empty((n, c, h, w), dtype=dtype) if need_x else None
+    grad_x = empty_channels_last(xp, (n, c, h, w), dtype) if need_x else None
+    grad_x_nhwc = grad_x.transpose(0, 2, 3, 1) if need_x else None
     if need_x and unit_stride:
         # Transposed convolution: kernel flipped in i and j, C and C_out
         # swapped, padding d(k-1) - p per side (negative means crop).
@@ -519,28 +639,28 @@ def conv2d_backward(
     nb = _images_per_chunk(xp, n, ho * wo * kh * kw * c * c_out, ho * wo)
 
     def work(starts: list[int]) -> Any:
-        g_t = xp.empty(c_out * nb * ho * wo, dtype=dtype)  # g as (C_out, rows), rows (h, n, w)
+        g_buf = _workspace(xp, ("rows", 2), (nb * ho * wo * c_out,), dtype)  # g as (rows, C_out), rows (h, n, w)
         if need_w:
             windows_x = _RowWindows(xp, c, (h, w), (kh, kw), stride, padding, dilation, (ho, wo), dtype)
             grad_w_taps = xp.zeros((kh, c_out, kw * c), dtype=dtype)  # this thread's share
-            product = xp.empty((c_out, kw * c), dtype=dtype)
+            product = _workspace(xp, ("product",), (c_out, kw * c), dtype)
         if need_x and unit_stride:
-            windows_g = _RowWindows(xp, c_out, (ho, wo), (kh, kw), (1, 1), t_pad, dilation, (h, w), dtype)
-            dx_rows = xp.empty(nb * h * w * c, dtype=dtype)
-            scratch = xp.empty_like(dx_rows)
+            windows_g = _RowWindows(xp, c_out, (ho, wo), (kh, kw), (1, 1), t_pad, dilation, (h, w), dtype, role="g")
+            dx_rows = _workspace(xp, ("rows", 0), (nb * h * w * c,), dtype)
+            scratch = _workspace(xp, ("rows", 1), (nb * h * w * c,), dtype)
         elif need_x:
-            d_phases = xp.empty((sh, q_rows, nb, sw, q_cols, c), dtype=dtype)
-            d_tap = xp.empty(nb * ho * wo * c, dtype=dtype)
+            d_phases = _workspace(xp, ("phases",), (sh, q_rows, nb, sw, q_cols, c), dtype)
+            d_tap = _workspace(xp, ("rows", 0), (nb * ho * wo * c,), dtype)
         for n0 in starts:
             m = min(nb, n - n0)
             rows = m * ho * wo
             g_chunk = grad_out[n0 : n0 + m]
-            g2d = g_t[: c_out * rows].reshape(c_out, rows)
-            g2d.reshape(c_out, ho, m, wo)[...] = g_chunk.transpose(1, 2, 0, 3)  # runs of W_out: a cheap copy
+            g_rows = g_buf[: rows * c_out].reshape(rows, c_out)
+            g_rows.reshape(ho, m, wo, c_out)[...] = g_chunk.transpose(2, 0, 3, 1)
             if need_w:
                 windows_x.fill(x[n0 : n0 + m])
                 for i in range(kh):
-                    grad_w_taps[i] += xp.matmul(g2d, windows_x.tap(i), out=product)
+                    grad_w_taps[i] += xp.matmul(g_rows.T, windows_x.tap(i), out=product)
             if need_x and unit_stride:
                 windows_g.fill(g_chunk)
                 rows_x = m * h * w
@@ -551,7 +671,7 @@ def conv2d_backward(
                     dx_rows[: rows_x * c].reshape(rows_x, c),
                     scratch[: rows_x * c].reshape(rows_x, c),
                 )
-                grad_x[n0 : n0 + m] = res.reshape(h, m, w, c).transpose(1, 3, 0, 2)
+                grad_x_nhwc[n0 : n0 + m] = res.reshape(h, m, w, c).transpose(1, 0, 2, 3)
             elif need_x:
                 acc = d_phases[:, :, :m]
                 acc[...] = 0
@@ -559,13 +679,13 @@ def conv2d_backward(
                     r, q0 = i * dh % sh, i * dh // sh
                     for j in range(kw):
                         rw, qw0 = j * dw % sw, j * dw // sw
-                        contrib = xp.matmul(g2d.T, tap_w[i][j], out=d_tap[: rows * c].reshape(rows, c))
+                        contrib = xp.matmul(g_rows, tap_w[i][j], out=d_tap[: rows * c].reshape(rows, c))
                         acc[r, q0 : q0 + ho, :, rw, qw0 : qw0 + wo, :] += contrib.reshape(ho, m, wo, c)
                 for r, (qa, qb, y0) in enumerate(row_phases):
                     for rw, (qwa, qwb, x0) in enumerate(col_phases):
                         if qb > qa and qwb > qwa:  # this phase holds real pixels (not only padding)
                             phase = acc[r, qa:qb, :, rw, qwa:qwb, :]
-                            grad_x[n0 : n0 + m, :, y0::sh, x0::sw] = phase.transpose(1, 3, 0, 2)
+                            grad_x_nhwc[n0 : n0 + m, y0::sh, x0::sw] = phase.transpose(1, 0, 2, 3)
         return grad_w_taps if need_w else None
 
     partials = run_chunks(xp, n, nb, work, flops=2 * n * ho * wo * c * kh * kw * c_out)

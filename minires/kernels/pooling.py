@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import get_array_module
+from .conv import empty_channels_last
 from .im2col import col2im, im2col, output_hw
 
 __all__ = [
@@ -246,10 +247,18 @@ def global_avg_pool_forward(x: Any) -> Any:
     return x.mean(axis=(2, 3), keepdims=True)
 
 
-def global_avg_pool_backward(grad_out: Any, input_shape: tuple) -> Any:
-    """Each of the H*W pixels of a channel receives 1/(H*W) of its gradient: (N, C, 1, 1) -> (N, C, H, W)."""
+def global_avg_pool_backward(grad_out: Any, input_shape: tuple, channels_last: bool = False) -> Any:
+    """Each of the H*W pixels of a channel receives 1/(H*W) of its gradient: (N, C, 1, 1) -> (N, C, H, W).
+
+    ``channels_last``: store the result channels-last in memory (as the
+    input was), so that the gradient flowing back into the network has the
+    layout of the activations it meets (see :mod:`minires.kernels.conv`).
+    """
     xp = get_array_module(grad_out)
     h, w = input_shape[2], input_shape[3]
-    grad_x = xp.empty(input_shape, dtype=grad_out.dtype)
+    if channels_last:
+        grad_x = empty_channels_last(xp, input_shape, grad_out.dtype)
+    else:
+        grad_x = xp.empty(input_shape, dtype=grad_out.dtype)
     grad_x[...] = grad_out / (h * w)  # broadcast over H and W, materialised (callers may write to it)
     return grad_x

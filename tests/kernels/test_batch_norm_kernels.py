@@ -8,6 +8,7 @@ not dividing the batch) so that the slicing itself is exercised.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import pytest
@@ -238,3 +239,95 @@ def test_update_running_stats_keeps_float32_buffers():
 def test_update_running_stats_needs_two_values():
     with pytest.raises(ValueError, match="at least 2 values per channel, got 1"):
         K.update_running_stats(np.zeros(1), np.ones(1), np.zeros(1), np.zeros(1), 1, 0.1)
+
+
+# ---------------------------------------------------------------------------
+# Channels-last memory and the threaded slices
+# ---------------------------------------------------------------------------
+
+
+def channels_last(a):
+    """The same (N, C, H, W) values stored as an (N, H, W, C) buffer (what the fast convolution returns)."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+@contextlib.contextmanager
+def threaded(threads: int = 2):
+    """Force the slices onto ``threads`` kernel threads, even for tiny arrays."""
+    from minires.kernels import conv
+
+    old_env, old_min = os.environ.get("MINIRES_NUM_THREADS"), conv._MIN_PARALLEL_WORK
+    os.environ["MINIRES_NUM_THREADS"] = str(threads)
+    conv._MIN_PARALLEL_WORK = 0
+    try:
+        yield
+    finally:
+        conv._MIN_PARALLEL_WORK = old_min
+        if old_env is None:
+            os.environ.pop("MINIRES_NUM_THREADS", None)
+        else:
+            os.environ["MINIRES_NUM_THREADS"] = old_env
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 1, 3, 3), (3, 4, 1, 1), (5, 2, 7, 1)])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("slice_bytes", [1, 1 << 18])
+def test_channels_last_input_matches_reference_and_keeps_its_layout(shape, affine, slice_bytes):
+    x, w, b, g = make(shape, 5, affine, affine, offset=1.0)
+    x_cl, g_cl = channels_last(x), channels_last(g)
+    ref = K.batch_norm_train_forward_reference(x, w, b, 1e-5)
+    _, mean, _, inv_std = ref
+    with chunk_bytes(slice_bytes):
+        fast = K.batch_norm_train_forward(x_cl, w, b, 1e-5)
+        # The upstream gradient in x's layout, and in the other one (copied internally).
+        backward = [K.batch_norm_train_backward(gin, x_cl, mean, inv_std, w) for gin in (g_cl, g)]
+        running_mean, running_var = np.linspace(-1, 1, shape[1]), np.linspace(0.5, 2, shape[1])
+        y_eval = K.batch_norm_eval_forward(x_cl, running_mean, running_var, w, b, 1e-5)
+        inv_eval = 1.0 / np.sqrt(running_var + 1e-5)
+        eval_grads = K.batch_norm_eval_backward(g_cl, x_cl, running_mean, inv_eval, w)
+    for f, r in zip(fast, ref):
+        np.testing.assert_allclose(f, r, rtol=1e-10, atol=1e-12)
+    assert fast[0].strides == x_cl.strides  # y is channels-last like x
+    want = K.batch_norm_train_backward_reference(g, x, mean, inv_std, w)
+    for grads in backward:
+        for f, r in zip(grads, want):
+            np.testing.assert_allclose(f, r, rtol=1e-9, atol=1e-11)
+        assert grads[0].strides == x_cl.strides
+    np.testing.assert_allclose(y_eval, K.batch_norm_eval_forward_reference(x, running_mean, running_var, w, b, 1e-5),
+                               rtol=1e-10, atol=1e-12)
+    for f, r in zip(eval_grads, K.batch_norm_eval_backward_reference(g, x, running_mean, inv_eval, w)):
+        np.testing.assert_allclose(f, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(
+    __import__("minires.kernels.conv", fromlist=["_blas_controller"])._blas_controller() is None,
+    reason="threadpoolctl is not installed: the slices are never threaded",
+)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_threaded_slices_give_the_reference_result(layout):
+    x, w, b, g = make((7, 3, 4, 5), 9, True, True)
+    prepare = channels_last if layout == "channels_last" else (lambda a: a)
+    ref = K.batch_norm_train_forward_reference(x, w, b, 1e-5)
+    _, mean, _, inv_std = ref
+    with threaded(2), chunk_bytes(1):  # one sample per slice, dealt to two threads
+        fast = K.batch_norm_train_forward(prepare(x), w, b, 1e-5)
+        grads = K.batch_norm_train_backward(prepare(g), prepare(x), mean, inv_std, w)
+    for f, r in zip(fast, ref):
+        np.testing.assert_allclose(f, r, rtol=1e-10, atol=1e-12)
+    for f, r in zip(grads, K.batch_norm_train_backward_reference(g, x, mean, inv_std, w)):
+        np.testing.assert_allclose(f, r, rtol=1e-9, atol=1e-11)
+
+
+def test_float32_channels_last_with_large_channel_mean_keeps_its_digits():
+    # The channels-last path centres exactly like the NCHW one (see the NCHW test above).
+    x, w, b, g = make((64, 3, 8, 8), 11, True, True, dtype=np.float32, offset=1000.0)
+    y, mean, var, inv_std = K.batch_norm_train_forward(channels_last(x), w, b, 1e-5)
+    dx, dw, _ = K.batch_norm_train_backward(channels_last(g), channels_last(x), mean, inv_std, w)
+    d = lambda a: a.astype(np.float64)  # noqa: E731
+    y64, mean64, var64, inv64 = K.batch_norm_train_forward_reference(d(x), d(w), d(b), 1e-5)
+    dx64, dw64, _ = K.batch_norm_train_backward_reference(d(g), d(x), mean64, inv64, d(w))
+    assert y.dtype == dx.dtype == np.float32
+    assert rel_err(var, var64) < 1e-5
+    assert rel_err(dw, dw64) < 1e-5
+    assert rel_err(dx, dx64) < 1e-5
+    assert rel_err(y, y64) < 1e-4

@@ -11,6 +11,7 @@ from typing import Any
 
 from ...function import Function
 from ...kernels import pooling as pool_kernels
+from ...kernels.conv import is_channels_last
 from ...kernels.im2col import output_hw, pair
 from ...tensor import Tensor
 
@@ -58,11 +59,13 @@ class GlobalAvgPoolFunction(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.input_shape = x.shape
+        # The gradient goes back in the input's memory layout (channels-last after a fast convolution).
+        ctx.channels_last = is_channels_last(x)
         return pool_kernels.global_avg_pool_forward(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return pool_kernels.global_avg_pool_backward(grad, ctx.input_shape)
+        return pool_kernels.global_avg_pool_backward(grad, ctx.input_shape, channels_last=ctx.channels_last)
 
 
 def _pool_args(fn: str, x: Any, kernel_size: Any, stride: Any, padding: Any) -> tuple:
