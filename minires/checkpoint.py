@@ -25,8 +25,9 @@ is keyed by parameter index, as in PyTorch), so those are wrapped too
 
 Damage is detected twice. The zip format keeps a CRC-32 per entry, which
 catches truncation and most flipped bytes; on top of that ``__meta__`` records
-a SHA-256 over every array's name, dtype, shape and bytes, so an entry swapped
-or rewritten by hand is caught as well. Either way :class:`CheckpointError`
+a SHA-256 over every array's name, dtype, shape and bytes and over the JSON
+state tree (configuration, counters, metrics), so an entry swapped or
+rewritten by hand is caught as well. Either way :class:`CheckpointError`
 names the file and says what is wrong.
 
 Writes are atomic: the file is written to a temporary name in the same
@@ -60,7 +61,8 @@ __all__ = [
 from .atomic import atomic_write  # noqa: E402
 
 FORMAT = "minires-checkpoint"
-FORMAT_VERSION = 1
+# Version 2: the SHA-256 also covers the JSON state tree (version 1: the arrays only).
+FORMAT_VERSION = 2
 _META_KEY = "__meta__"
 
 
@@ -136,9 +138,15 @@ def _decode(obj: Any, arrays: dict[str, np.ndarray]) -> Any:
     return obj
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
+def _digest(arrays: dict[str, np.ndarray], tree: Any = None) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order, then the state tree.
+
+    ``tree`` (the JSON-encoded state, version >= 2) is hashed in canonical
+    form (sorted keys), so the digest does not depend on how JSON was laid out.
+    """
     h = hashlib.sha256()
+    if tree is not None:
+        h.update(json.dumps(tree, sort_keys=True, allow_nan=True).encode("utf-8"))
     for key in sorted(arrays):
         a = np.asarray(arrays[key], order="C")
         h.update(key.encode())
@@ -176,7 +184,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     meta = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "sha256": _digest(arrays),
+        "sha256": _digest(arrays, tree),
         "arrays": {k: [a.dtype.str, list(a.shape)] for k, a in arrays.items()},
         "state": tree,
     }
@@ -224,22 +232,29 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(meta_raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path} has unreadable metadata ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not a minires checkpoint (its metadata is a {type(meta).__name__}, not an object)")
+    if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a minires checkpoint (format {meta.get('format')!r})")
     version = meta.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {version!r}; this minires reads versions <= {FORMAT_VERSION}"
         )
     expected = meta.get("arrays", {})
+    if not isinstance(expected, dict) or "state" not in meta:
+        raise CheckpointError(f"checkpoint {path} is inconsistent: its metadata lacks the array list or the state")
     if set(expected) != set(arrays):
         missing = sorted(set(expected) - set(arrays))
         extra = sorted(set(arrays) - set(expected))
         raise CheckpointError(f"checkpoint {path} is inconsistent: missing entries {missing}, unexpected {extra}")
-    digest = _digest(arrays)
+    digest = _digest(arrays, meta["state"] if version >= 2 else None)
     if digest != meta.get("sha256"):
         raise CheckpointError(
             f"checkpoint {path} failed its SHA-256 check (recorded {meta.get('sha256')}, computed {digest}): "
             "the file was modified or corrupted"
         )
-    return _decode(meta["state"], arrays)
+    try:
+        return _decode(meta["state"], arrays)
+    except (KeyError, TypeError, ValueError) as exc:  # only reachable with a version-1 file edited by hand
+        raise CheckpointError(f"checkpoint {path} has a malformed state tree ({type(exc).__name__}: {exc})") from exc

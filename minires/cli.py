@@ -100,9 +100,10 @@ def _load_data(data_dir, download: bool, command: str):
 
     root = resolve_data_dir(data_dir)
     try:
-        # examples_per_batch=None: accept batch files of any size (the tests'
-        # small synthetic CIFAR-10; hand-made subsets). The sizes are printed.
-        data = load_cifar10(root, download=download, examples_per_batch=None)
+        # "meta": every batch file must hold the number of images batches.meta
+        # declares (10,000 in the official files, fewer in the tests' small
+        # synthetic CIFAR-10), so a short but readable file is still refused.
+        data = load_cifar10(root, download=download, examples_per_batch="meta")
     except CIFARError as exc:
         return None, _fail(command, str(exc), code=1)
     print(f"data: {data.train_images.shape[0]} training / {data.test_images.shape[0]} test images from {root}")
@@ -158,7 +159,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return code
     quiet = bool(args.quiet)
     try:
-        trainer = Trainer(config, data, out, resume=args.resume, overwrite=False, model=model,
+        trainer = Trainer(config, data, out, resume=args.resume, overwrite=args.overwrite, model=model,
                           progress=(not quiet and sys.stdout.isatty()), verbose=not quiet)
     except (ConfigError, CheckpointError) as exc:
         return _fail("train", str(exc))

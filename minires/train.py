@@ -82,6 +82,7 @@ __all__ = [
     "build_model",
     "evaluate",
     "prepare_out_dir",
+    "start_run_dir",
     "metric_columns",
     "CHECKPOINT_NAME",
     "CIFAR10_TRAIN_SIZE",
@@ -279,12 +280,17 @@ def build_model(config: TrainConfig):
 
 
 def prepare_out_dir(out_dir: str | os.PathLike, resume: bool = False, overwrite: bool = False) -> Path:
-    """Make sure ``out_dir`` can hold this run, before any work is done.
+    """Check that ``out_dir`` can hold this run, before any work is done; change nothing on disk.
 
-    * creates it (with parents) and proves it writable with a probe file;
+    * it must be a directory, or not exist yet below a writable directory
+      (it is created only when the run starts, see :func:`start_run_dir`);
     * refuses to start a fresh run where a checkpoint already exists, unless
-      ``overwrite`` (then the previous run's files are deleted) or ``resume``;
+      ``overwrite`` or ``resume``;
     * with ``resume``, insists that there is a checkpoint to resume.
+
+    Nothing is deleted here: with ``overwrite`` the previous run's files go
+    only when the new run has passed every check and is about to write its
+    own (a mistyped flag must not cost a finished run).
 
     Raises :class:`ConfigError` naming the directory and the fix.
     """
@@ -293,29 +299,49 @@ def prepare_out_dir(out_dir: str | os.PathLike, resume: bool = False, overwrite:
     out = Path(os.path.abspath(Path(out_dir).expanduser()))
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output directory {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"output directory {out} is not writable ({exc.strerror or exc})") from exc
+    if out.is_dir():
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(f"output directory {out} is not writable ({exc.strerror or exc})") from exc
+    else:
+        parent = out.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise ConfigError(f"output directory {out} is not writable: {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"output directory {out} is not writable: cannot create it in {parent}")
     ckpt = out / CHECKPOINT_NAME
     if resume:
         if not ckpt.is_file():
             raise ConfigError(f"--resume: there is no checkpoint to resume in {out} (expected {ckpt.name})")
-    elif ckpt.exists():
-        if not overwrite:
-            raise ConfigError(
-                f"{out} already holds a run ({ckpt.name}); pass --resume to continue it or --overwrite to "
-                "start again from scratch (its files will be replaced)"
-            )
+    elif ckpt.exists() and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a run ({ckpt.name}); pass --resume to continue it or --overwrite to "
+            "start again from scratch (its files will be replaced)"
+        )
+    return out
+
+
+def start_run_dir(out: Path, overwrite: bool) -> None:
+    """Create the run directory ``out`` for a fresh run; with ``overwrite``, delete the previous run's files.
+
+    Called by :class:`Trainer` after every check has passed (configuration,
+    data, model), just before the new run writes its first file.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output directory {out} ({exc.strerror or exc})") from exc
+    if overwrite:
         for name in RUN_FILES:
             try:
                 (out / name).unlink()
             except FileNotFoundError:
                 pass
-    return out
 
 
 def evaluate(model, loader: DataLoader) -> tuple[float, float]:
@@ -451,6 +477,14 @@ class _StopRequest:
 # ---------------------------------------------------------------------------
 
 
+# What a training checkpoint must hold (checked before resuming from it).
+_CHECKPOINT_ENTRIES = {
+    "config": dict, "steps_per_epoch": int, "model": dict, "optimizer": dict, "scheduler": dict,
+    "rng": dict, "epoch": int, "global_step": int, "finished": bool, "metrics": list,
+}
+_PARTIAL_KEYS = {"batch", "loss_sum", "correct", "seen", "train_seconds"}
+
+
 class Trainer:
     """Train a model on image/label arrays with a recipe; save and resume.
 
@@ -556,6 +590,7 @@ class Trainer:
         if saved is not None:
             self._restore(saved)
         else:
+            start_run_dir(self.out_dir, overwrite)
             atomic_write_bytes(self.out_dir / CONFIG_NAME, (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
 
     # -- small helpers ---------------------------------------------------------
@@ -617,6 +652,18 @@ class Trainer:
         saved = load_checkpoint(path)
         if saved.get("kind") != CHECKPOINT_KIND:
             raise CheckpointError(f"{path} is not a training checkpoint (kind {saved.get('kind')!r})")
+        # The SHA-256 proves the file is what was saved, not that it was saved
+        # by this code: check the entries _restore reads, so a hand-made or
+        # foreign file gets a clear error instead of a KeyError half-way.
+        wrong = [f"{key!r} (expected {kind.__name__})" for key, kind in _CHECKPOINT_ENTRIES.items()
+                 if not isinstance(saved.get(key), kind) or isinstance(saved.get(key), bool) and kind is int]
+        wrong += [f"'rng'[{key!r}] (expected dict)" for key in ("init", "loader")
+                  if isinstance(saved.get("rng"), dict) and not isinstance(saved["rng"].get(key), dict)]
+        part = saved.get("partial_epoch")
+        if part is not None and not (isinstance(part, dict) and _PARTIAL_KEYS <= set(part)):
+            wrong.append(f"'partial_epoch' (expected None or a dict with {sorted(_PARTIAL_KEYS)})")
+        if wrong:
+            raise CheckpointError(f"checkpoint {path} lacks or has malformed entries: {', '.join(wrong)}")
         return saved
 
     def _restore(self, saved: dict) -> None:

@@ -81,6 +81,7 @@ __all__ = [
     "extract_archive",
     "read_batch",
     "read_meta",
+    "read_cases_per_batch",
     "file_md5",
     "fetch_url",
     "cache_dir_for",
@@ -512,6 +513,19 @@ def read_meta(path: "str | os.PathLike") -> list:
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
 
 
+def read_cases_per_batch(path: "str | os.PathLike") -> int:
+    """``num_cases_per_batch`` from ``batches.meta``: how many images every batch file declares it holds."""
+    path = Path(path)
+    meta = _unpickle(path, path.parent.parent)
+    count = meta.get("num_cases_per_batch")
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise CIFARFormatError(
+            f"{path}: 'num_cases_per_batch' should be a positive integer, got {count!r}. "
+            + _redownload_advice(path.parent.parent)
+        )
+    return int(count)
+
+
 def _decode_all(batch_dir: Path, examples: int | None) -> dict:
     """Read and check all seven files; return the arrays and class names."""
     classes = read_meta(batch_dir / META_FILE)
@@ -653,7 +667,7 @@ def load_cifar10(
     download: bool = True,
     *,
     cache: "bool | str | os.PathLike" = True,
-    examples_per_batch: int | None = EXAMPLES_PER_BATCH,
+    examples_per_batch: int | str | None = EXAMPLES_PER_BATCH,
     url: str = CIFAR10_URL,
     md5: str = CIFAR10_MD5,
     progress: bool = True,
@@ -671,8 +685,10 @@ def load_cifar10(
             (unwritable, corrupt) are reported as a warning and loading falls
             back to decoding: the cache can make loading faster, never break it.
         examples_per_batch: images each batch file must hold: the official
-            10,000 unless you made smaller files (the tests do); ``None``
-            accepts any count.
+            10,000 unless you made smaller files (the tests do); ``"meta"``:
+            the count ``batches.meta`` declares (``num_cases_per_batch``,
+            10,000 in the official files), for every file including the test
+            batch; ``None`` accepts any count.
         url, md5: where to download from and the checksum to insist on.
         progress: show a tqdm bar while downloading.
 
@@ -689,6 +705,13 @@ def load_cifar10(
     """
     data_dir = resolve_data_dir(data_dir)
     batch_dir = _ensure_batches(data_dir, download, url, md5, progress)
+    if examples_per_batch == "meta":
+        examples_per_batch = read_cases_per_batch(batch_dir / META_FILE)
+    elif examples_per_batch is not None and (
+        isinstance(examples_per_batch, bool) or not isinstance(examples_per_batch, (int, np.integer))
+        or examples_per_batch < 1
+    ):
+        raise ValueError(f"examples_per_batch must be a positive int, 'meta' or None, got {examples_per_batch!r}")
 
     cache_dir = None
     if cache is True:

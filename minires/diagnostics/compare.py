@@ -101,7 +101,7 @@ def _load_cifar(data_dir: str | None, download: bool, say) -> Any:
     from ..data import load_cifar10, resolve_data_dir
 
     root = resolve_data_dir(data_dir)
-    data = load_cifar10(root, download=download, examples_per_batch=None)
+    data = load_cifar10(root, download=download, examples_per_batch="meta")
     say(f"data: {data.train_images.shape[0]} training / {data.test_images.shape[0]} test images from {root}")
     return data
 

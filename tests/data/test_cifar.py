@@ -213,6 +213,40 @@ def test_official_count_is_the_default(root):
         load_cifar10(root, download=False, cache=False)
 
 
+def test_meta_count_mode_checks_every_file_against_batches_meta(root):
+    # "meta" (what the CLI uses): the count batches.meta declares, here N.
+    data = load(root, cache=False, examples_per_batch="meta")
+    assert data.train_images.shape[0] == 5 * N and data.test_images.shape[0] == N
+    # A readable batch one image short is refused, naming the file.
+    for name in ("data_batch_3", "test_batch"):
+        path = root / cifar.BATCH_DIR / name
+        original = path.read_bytes()
+        _rewrite(path, lambda d: d.update({b"data": d[b"data"][:-1], b"labels": d[b"labels"][:-1]}))
+        with pytest.raises(CIFARFormatError, match=f"{name}.*holds {N - 1} images, expected {N}"):
+            load(root, cache=False, examples_per_batch="meta")
+        path.write_bytes(original)
+
+
+def test_meta_count_mode_shares_the_cache_with_the_explicit_count(root):
+    assert not load(root, examples_per_batch="meta").from_cache
+    assert load(root, examples_per_batch=N).from_cache
+    assert load(root, examples_per_batch="meta").from_cache
+
+
+@pytest.mark.parametrize("count", [0, -5, "20", None, 2.0])
+def test_meta_count_mode_rejects_a_bad_declared_count(root, count):
+    meta = root / cifar.BATCH_DIR / "batches.meta"
+    _rewrite(meta, lambda d: d.update({b"num_cases_per_batch": count}))
+    with pytest.raises(CIFARFormatError, match="num_cases_per_batch"):
+        load(root, cache=False, examples_per_batch="meta")
+
+
+@pytest.mark.parametrize("bad", ["all", 0, True, 2.5])
+def test_bad_examples_per_batch_argument(root, bad):
+    with pytest.raises(ValueError, match="examples_per_batch"):
+        load(root, cache=False, examples_per_batch=bad)
+
+
 def test_numpy_1_pickles_load(root):
     # The official files were written by NumPy 1.x, whose pickles name 'numpy.core.multiarray'
     # (NumPy 2 writes 'numpy._core'); both must pass the restricted unpickler.

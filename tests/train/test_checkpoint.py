@@ -141,6 +141,56 @@ def test_consistent_tampering_is_caught_by_sha256(tmp_path):
         load_checkpoint(path)
 
 
+def _rewrite_meta(path, change) -> None:
+    """Rewrite the checkpoint's __meta__ JSON with ``change(meta)`` as a valid zip (CRCs pass)."""
+    with np.load(path, allow_pickle=False) as npz:
+        entries = {k: npz[k] for k in npz.files}
+    meta = json.loads(entries["__meta__"].tobytes())
+    meta = change(meta)
+    entries["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **entries)
+    path.write_bytes(buffer.getvalue())
+
+
+def test_edited_state_tree_is_caught_by_sha256(tmp_path):
+    # The digest covers the JSON state too (epoch, config, metrics), not only the arrays.
+    path = save_checkpoint(tmp_path / "c.npz", {"epoch": 3, "w": np.zeros(2, dtype=np.float32)})
+
+    def edit(meta):
+        meta["state"]["epoch"] = 4
+        return meta
+
+    _rewrite_meta(path, edit)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(path)
+
+
+def test_version_1_files_still_load(tmp_path):
+    # Version 1 hashed the arrays alone; such files must keep loading.
+    from minires.checkpoint import _digest
+
+    path = save_checkpoint(tmp_path / "c.npz", {"epoch": 3, "w": np.arange(3, dtype=np.float32)})
+
+    def downgrade(meta):
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
+        meta["version"], meta["sha256"] = 1, _digest(arrays)
+        return meta
+
+    _rewrite_meta(path, downgrade)
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and np.array_equal(loaded["w"], np.arange(3, dtype=np.float32))
+
+
+@pytest.mark.parametrize("meta", [[1, 2], "text", 7, None])
+def test_metadata_that_is_not_an_object_is_refused(tmp_path, meta):
+    path = tmp_path / "odd.npz"
+    np.savez(path, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    with pytest.raises(CheckpointError, match="not a minires checkpoint"):
+        load_checkpoint(path)
+
+
 def test_foreign_or_future_files_are_refused(tmp_path):
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, weights=np.ones(3))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import minires.data
@@ -25,7 +26,7 @@ BASE = ["--model", "resnet_cifar", "--epochs", "2", "--batch-size", "16", "--lim
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return write_synthetic_cifar(tmp_path_factory.mktemp("cifar"), n_train_per_batch=40, n_test=50, seed=2)
+    return write_synthetic_cifar(tmp_path_factory.mktemp("cifar"), n_train_per_batch=40, n_test=40, seed=2)
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_train_prints_backend_and_summary_first_and_writes_the_run(finished_run)
     lines = stdout.splitlines()
     assert lines[0] == "backend: numpy | device: cpu"
     assert lines[1].startswith("resnet20: 0.27M params")
-    assert lines[2].startswith("data: 200 training / 50 test images")
+    assert lines[2].startswith("data: 200 training / 40 test images")
     assert "epoch 2/2" in stdout and "gradient norms at step 3" in stdout and "done: 2 epochs" in stdout
     assert sorted(p.name for p in out.iterdir()) == [
         "checkpoint.npz", "config.json", "grad_norms.jsonl", "metrics.csv", "metrics.jsonl",
@@ -191,6 +192,54 @@ def test_existing_run_needs_resume_or_overwrite(finished_run, data_dir, capsys, 
     code, stdout, err = run_cli(train_args(data_dir, out, "--resume", "--overwrite"), capsys)
     assert code == 2 and "contradict" in err
     assert (out / "checkpoint.npz").read_bytes() == before
+
+
+def test_failed_overwrite_keeps_the_previous_run(finished_run, data_dir, tmp_path, capsys):
+    # --overwrite replaces a run only once the new one has passed every check:
+    # a mistyped model or missing data must not cost the finished run.
+    out, _ = finished_run
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, stdout, err = run_cli(train_args(data_dir, out, "--overwrite", "--model", "resnet21"), capsys)
+    assert code == 2 and "resnet21" in err
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    code, stdout, err = run_cli(train_args(empty, out, "--overwrite"), capsys)
+    assert code == 1 and str(empty) in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_short_batch_file_is_refused(data_dir, tmp_path, capsys):
+    # The CLI checks every batch against the count batches.meta declares.
+    import shutil
+
+    from data.synthetic_cifar import batch_dict, write_pickle
+
+    root = tmp_path / "short"
+    shutil.copytree(data_dir, root)
+    images = np.zeros((39, 3, 32, 32), dtype=np.uint8)
+    write_pickle(root / "cifar-10-batches-py" / "data_batch_2",
+                 batch_dict(images, np.arange(39) % 10, "training batch 2 of 5", "short"))
+    code, stdout, err = run_cli(train_args(root, tmp_path / "run"), capsys)
+    assert code == 1 and "data_batch_2" in err and "holds 39 images, expected 40" in err
+
+
+def test_usage_error_creates_no_output_directory(data_dir, tmp_path, capsys, no_data_loading):
+    out = tmp_path / "new" / "run"
+    code, stdout, err = run_cli(train_args(data_dir, out, "--model", "resnet21"), capsys)
+    assert code == 2 and not (tmp_path / "new").exists()
+
+
+def test_overwrite_replaces_the_run_once_it_starts(finished_run, data_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run[0], out)
+    (out / "metrics.jsonl").write_text('{"stale": true}\n')
+    code, stdout, err = run_cli(train_args(data_dir, out, "--overwrite", "--epochs", "1"), capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and "stale" not in rows[0] and rows[0]["epoch"] == 1
+    assert load_checkpoint(out / "checkpoint.npz")["config"]["epochs"] == 1
 
 
 def test_resume_without_a_checkpoint_exits_2(data_dir, tmp_path, capsys, no_data_loading):

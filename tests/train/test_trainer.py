@@ -327,6 +327,26 @@ def test_weights_of_another_architecture_are_refused(tmp_path, cifar_files):
         quiet_trainer(tiny_config(epochs=1), cifar_files, tmp_path, resume=True)
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda s: s.pop("rng"), "'rng'"),
+    (lambda s: s.pop("config"), "'config'"),
+    (lambda s: s.update(steps_per_epoch="4"), "'steps_per_epoch' (expected int)"),
+    (lambda s: s["rng"].pop("init"), "'rng'['init']"),
+    (lambda s: s.update(partial_epoch={"batch": 1}), "'partial_epoch'"),
+])
+def test_checkpoint_with_missing_entries_gives_a_clear_error(tmp_path, cifar_files, damage, message):
+    """A valid file written by other code (right SHA-256, wrong contents) is refused by name, not by KeyError."""
+    from minires.checkpoint import save_checkpoint
+
+    quiet_trainer(tiny_config(epochs=1), cifar_files, tmp_path).fit()
+    saved = load_checkpoint(tmp_path / "checkpoint.npz")
+    damage(saved)
+    save_checkpoint(tmp_path / "checkpoint.npz", saved)
+    with pytest.raises(CheckpointError, match="lacks or has malformed entries") as info:
+        quiet_trainer(tiny_config(epochs=1), cifar_files, tmp_path, resume=True)
+    assert message in str(info.value)
+
+
 def test_fresh_run_needs_overwrite_to_replace_a_run(tmp_path, cifar_files):
     quiet_trainer(tiny_config(epochs=1), cifar_files, tmp_path).fit()
     with pytest.raises(ConfigError, match="--overwrite"):
