@@ -68,7 +68,7 @@ from .atomic import atomic_write_bytes
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DataLoader, split_validation, standard_augment, subset
 from .diagnostics import grad_norm_rows, rows_to_records
-from .diagnostics.grad_norms import format_table
+from .diagnostics.grad_norms import print_table
 from .kernels.conv import single_threaded_blas
 from .nn import functional as F
 from .nn import init
@@ -852,4 +852,4 @@ class Trainer:
                       {"step": step, "epoch": epoch + 1, "lr": self._last_lr, "loss": loss,
                        "layers": rows_to_records(rows)})
         if self.verbose:
-            self._say(format_table(rows, title=f"gradient norms at step {step} (epoch {epoch + 1}, loss {loss:.4f})"))
+            print_table(rows, title=f"gradient norms at step {step} (epoch {epoch + 1}, loss {loss:.4f})", write=self._say)

@@ -31,7 +31,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 from ..backend import get_array_module
 
@@ -118,9 +118,23 @@ def format_table(rows: list[GradNormRow], title: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def print_table(rows: list[GradNormRow], title: str | None = None, file: TextIO | None = None) -> None:
-    """Print :func:`format_table` to ``file`` (standard output by default)."""
-    print(format_table(rows, title), file=file if file is not None else sys.stdout)
+def print_table(
+    rows: list[GradNormRow],
+    title: str | None = None,
+    file: TextIO | None = None,
+    write: Callable[[str], None] | None = None,
+) -> None:
+    """Print :func:`format_table` to ``file`` (standard output by default).
+
+    ``write``: a function that prints a block of text instead, e.g. one that
+    uses ``tqdm.write`` so the table does not tear a progress bar (what
+    ``minires train --grad-norms N`` passes).
+    """
+    text = format_table(rows, title)
+    if write is not None:
+        write(text)
+    else:
+        print(text, file=file if file is not None else sys.stdout, flush=True)
 
 
 def rows_to_records(rows: list[GradNormRow]) -> list[dict[str, Any]]:

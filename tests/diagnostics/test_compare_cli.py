@@ -1,28 +1,29 @@
-"""``compare`` and ``gradflow`` end to end on synthetic data, through a throwaway argparse
-parser built with add_compare_parser / add_gradflow_parser (the ``minires`` wiring is cli.py's)."""
+"""``minires compare`` and ``minires gradflow`` end to end on synthetic data, through the
+``minires`` entry point (``minires.cli.main``, what the console script calls)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
-from minires.diagnostics.compare import (
-    add_compare_parser, add_gradflow_parser, format_gradflow_table, gradflow, synthetic_dataset,
-)
+from minires.cli import main
+from minires.diagnostics.compare import format_gradflow_table, gradflow, synthetic_dataset
 from minires.diagnostics.monitor import load_history
 from minires.diagnostics.plots import read_metrics
 
 
 def run(argv):
-    parser = argparse.ArgumentParser(prog="minires")
-    sub = parser.add_subparsers(dest="command")
-    add_compare_parser(sub)
-    add_gradflow_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(argv)
+
+
+def test_console_script_lists_compare_and_gradflow():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "minires", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "compare" in done.stdout and "gradflow" in done.stdout
 
 
 QUICK = ["--synthetic", "--depth", "8", "--batch-size", "8", "--width", "4", "--limit-test", "16",

@@ -465,3 +465,37 @@ def test_grad_norm_rows_match_numpy_norms(rng):
     assert math.isnan(row.grad_norm) and math.isnan(row.ratio)
     table = format_table(grad_norm_rows(net), title="step 1").splitlines()
     assert table[0] == "step 1" and "||grad W||" in table[1] and len(table) == 2 + len(rows)
+
+
+def test_print_table_prints_format_table_to_a_file_or_a_writer(rng):
+    import io
+
+    from minires.diagnostics import format_table, grad_norm_rows, print_table
+    from minires.nn import functional as F
+
+    net = models.create("resnet_cifar", depth=8, width=4, seed=0)
+    x = Tensor(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+    F.cross_entropy(net(x), Tensor(rng.integers(0, 10, 2))).backward()
+    rows = grad_norm_rows(net)
+    expected = format_table(rows, title="step 7")
+    buffer = io.StringIO()
+    print_table(rows, title="step 7", file=buffer)
+    assert buffer.getvalue() == expected + "\n"
+    written = []
+    print_table(rows, title="step 7", write=written.append)
+    assert written == [expected]
+
+
+def test_grad_norms_option_prints_the_table_of_each_nth_step(tmp_path, cifar_files):
+    import io
+
+    stream = io.StringIO()
+    trainer = Trainer(tiny_config(epochs=1, grad_norms=2), cifar_files, tmp_path, verbose=True, progress=False,
+                      stream=stream)
+    trainer.fit()
+    text = stream.getvalue()
+    # 64 images / batch 16 = 4 steps: tables at steps 2 and 4, one row per conv/linear weight.
+    assert text.count("gradient norms at step") == 2 and "at step 2 " in text and "at step 4 " in text
+    n_weights = sum(1 for _, p in trainer.model.named_parameters() if p.ndim >= 2)
+    block = text.split("gradient norms at step 2 ")[1].splitlines()[1 : 2 + n_weights]
+    assert block[0].startswith("layer") and all("e" in line for line in block[1:])
