@@ -27,7 +27,7 @@ def torch_or_skip():
 def pool_cases(draw, max_side: int = 8, max_batch: int = 3, max_channels: int = 3):
     n = draw(st.integers(1, max_batch))
     c = draw(st.integers(1, max_channels))
-    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = (draw(st.integers(0, kernel[0] // 2)), draw(st.integers(0, kernel[1] // 2)))
     hw = [draw(st.integers(max(1, kernel[a] - 2 * padding[a]), max_side)) for a in (0, 1)]
