@@ -8,10 +8,10 @@ not dividing the batch) so that the slicing itself is exercised.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import numpy as np
 import pytest
+from kernel_threads import force_kernel_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -251,24 +251,6 @@ def channels_last(a):
     return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
 
 
-@contextlib.contextmanager
-def threaded(threads: int = 2):
-    """Force the slices onto ``threads`` kernel threads, even for tiny arrays."""
-    from minires.kernels import conv
-
-    old_env, old_min = os.environ.get("MINIRES_NUM_THREADS"), conv._MIN_PARALLEL_WORK
-    os.environ["MINIRES_NUM_THREADS"] = str(threads)
-    conv._MIN_PARALLEL_WORK = 0
-    try:
-        yield
-    finally:
-        conv._MIN_PARALLEL_WORK = old_min
-        if old_env is None:
-            os.environ.pop("MINIRES_NUM_THREADS", None)
-        else:
-            os.environ["MINIRES_NUM_THREADS"] = old_env
-
-
 @pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 1, 3, 3), (3, 4, 1, 1), (5, 2, 7, 1)])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("slice_bytes", [1, 1 << 18])
@@ -309,7 +291,7 @@ def test_threaded_slices_give_the_reference_result(layout):
     prepare = channels_last if layout == "channels_last" else (lambda a: a)
     ref = K.batch_norm_train_forward_reference(x, w, b, 1e-5)
     _, mean, _, inv_std = ref
-    with threaded(2), chunk_bytes(1):  # one sample per slice, dealt to two threads
+    with force_kernel_threads(2), chunk_bytes(1):  # one sample per slice, dealt to two threads
         fast = K.batch_norm_train_forward(prepare(x), w, b, 1e-5)
         grads = K.batch_norm_train_backward(prepare(g), prepare(x), mean, inv_std, w)
     for f, r in zip(fast, ref):

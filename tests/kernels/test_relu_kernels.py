@@ -7,30 +7,13 @@ the kernel threads and the channels-last output layout.
 
 from __future__ import annotations
 
-import contextlib
-import os
 
 import numpy as np
 import pytest
+from kernel_threads import force_kernel_threads
 
 from minires.kernels import conv
 from minires.kernels import relu as K
-
-
-@contextlib.contextmanager
-def threads(count: int):
-    """Run on ``count`` kernel threads, even for tiny arrays."""
-    old_env, old_min = os.environ.get("MINIRES_NUM_THREADS"), conv._MIN_PARALLEL_WORK
-    os.environ["MINIRES_NUM_THREADS"] = str(count)
-    conv._MIN_PARALLEL_WORK = 0
-    try:
-        yield
-    finally:
-        conv._MIN_PARALLEL_WORK = old_min
-        if old_env is None:
-            os.environ.pop("MINIRES_NUM_THREADS", None)
-        else:
-            os.environ["MINIRES_NUM_THREADS"] = old_env
 
 
 def channels_last(a):
@@ -43,7 +26,7 @@ def test_forward_and_backward_match_numpy_on_any_thread_count(rng, count, shape)
     x = rng.standard_normal(shape).astype(np.float32)
     x.flat[::5] = 0.0  # the gradient at exactly 0 is 0
     g = rng.standard_normal(shape).astype(np.float32)
-    with threads(count):
+    with force_kernel_threads(count):
         y = K.relu_forward(x)
         dx = K.relu_backward(g, y)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
