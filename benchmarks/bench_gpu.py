@@ -50,7 +50,7 @@ from minires.nn import functional as F
 from minires.optim import SGD
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper, also when imported by path
-from readme_section import update_section  # noqa: E402
+from readme_section import render_table, update_section  # noqa: E402
 
 README = Path(__file__).resolve().parent / "README.md"
 SECTION = "## GPU (bench_gpu.py)"
@@ -411,17 +411,6 @@ def ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}" if theirs == theirs and theirs > 0 else "n/a"
 
 
-def render(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[str]]:
-    """(aligned plain-text lines, markdown table lines)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
-    text = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    markdown = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    markdown += ["| " + " | ".join(r) + " |" for r in rows]
-    return text, markdown
-
-
 def update_readme(body: str) -> None:
     """Replace (or append) the GPU section of benchmarks/README.md atomically, leaving the rest untouched."""
     update_section(SECTION, body, README)
@@ -471,14 +460,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.inner} calls; ratio = minires / torch (below 1: minires is faster)\n")
         layer_header = ["layer", "count", "fwd minires", "fwd torch", "ratio", "fwd+bwd minires",
                         "fwd+bwd torch", "ratio"]
-        layer_text, layer_md = render(layer_header, layer_table(cp, torch, str(dev), index, args))
+        layer_text, layer_md = render_table(layer_header, layer_table(cp, torch, str(dev), index, args))
         print("\n".join(layer_text))
         epoch_md: list[str] = []
         notes: list[str] = []
         if not args.skip_epoch:
             rows, notes = epoch_table(cp, torch, str(dev), index, args)
             epoch_header = ["what", "minires s", "torch s", "ratio", "minires img/s", "torch img/s"]
-            epoch_text, epoch_md = render(epoch_header, rows)
+            epoch_text, epoch_md = render_table(epoch_header, rows)
             print()
             print("\n".join(epoch_text))
             print("\n".join(notes))

@@ -45,7 +45,7 @@ except ImportError:  # the script still times minires alone
 
 README = Path(__file__).resolve().parent / "README.md"
 sys.path.insert(0, str(README.parent))  # benchmarks/ is not a package; run as a script
-from readme_section import update_section  # noqa: E402
+from readme_section import render_table, update_section  # noqa: E402
 SECTION = "## Layers (bench_layers.py)"
 
 # (C_in, C_out, input size, stride, how many in ResNet-20). Every conv is 3x3, padding 1, no bias.
@@ -242,13 +242,7 @@ def run(batch: int, repeats: int, ops: list[str]) -> tuple[list[str], list[str]]
         acc = totals[key][4:]
         rows.append([f"ResNet-20 total, {names[key]}, fastest runs", "", f"{acc[0]:.1f}", f"{acc[1]:.1f}",
                      f"{acc[0] / acc[1]:.2f}", f"{acc[2]:.1f}", f"{acc[3]:.1f}", f"{acc[2] / acc[3]:.2f}"])
-    widths = [max(len(h), *(len(r[i].strip("*")) for r in rows)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.strip("*").ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
-    text = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    markdown = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    markdown += ["| " + " | ".join(r) + " |" for r in rows]
-    return text, markdown
+    return render_table(header, rows)
 
 
 def update_readme(section_body: str) -> None:

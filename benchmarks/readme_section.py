@@ -1,7 +1,8 @@
-"""Replace one ``## ...`` section of benchmarks/README.md, leaving the others untouched.
+"""What the benchmark scripts share: a result table as text and markdown, and their README section.
 
-Each benchmark script owns one section (its heading) and rewrites only that,
-so the scripts can be re-run in any order. The file is written atomically.
+Each benchmark script owns one ``## ...`` section of benchmarks/README.md (its
+heading) and rewrites only that, so the scripts can be re-run in any order.
+The file is written atomically.
 """
 
 from __future__ import annotations
@@ -26,3 +27,21 @@ def update_section(heading: str, body: str, readme: Path = README) -> None:
         rest = "".join(lines[end:])
         text = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
     atomic_write_text(readme, text)
+
+
+def render_table(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[str]]:
+    """The same table twice: aligned plain-text lines for the terminal, and markdown lines for the README.
+
+    Cells may mark markdown bold with ``**``; the plain-text version drops
+    the markers. The first column is left-aligned, the others right-aligned.
+    """
+    plain = [[cell.replace("**", "") for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in plain) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    text = [line(plain[0]), line(["-" * w for w in widths])] + [line(r) for r in plain[1:]]
+    markdown = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    markdown += ["| " + " | ".join(r) + " |" for r in rows]
+    return text, markdown
