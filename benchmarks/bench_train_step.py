@@ -14,7 +14,12 @@ each minires step the script sleeps 30 ms so that PyTorch's OpenMP threads,
 which spin for a while after each parallel region, are idle again.
 
 minires runs its step inside :func:`minires.kernels.conv.single_threaded_blas`,
-exactly as :class:`minires.train.Trainer` does.
+and calls :func:`minires.allocator.keep_freed_memory` before its first step,
+exactly as :class:`minires.train.Trainer` does (``--malloc glibc`` skips the
+latter). That setting is process-wide, so PyTorch's timed steps, which share
+the process, run with it too: the time ratio compares the two under the same
+conditions. PyTorch's memory process runs with glibc's defaults, as a
+PyTorch user's would.
 
 Memory: each library in its OWN fresh process (so that neither's allocations
 or imports count against the other), a few steps, then its peak resident
@@ -64,8 +69,8 @@ def make_batch(batch: int, seed: int = 0):
     return images, labels
 
 
-def minires_step(depth: int, batch: int) -> tuple[Callable[[], float], Any]:
-    """(step function returning the loss, the model) for minires."""
+def minires_step(depth: int, batch: int, keep_memory: bool = True) -> tuple[Callable[[], float], Any]:
+    """(step function returning the loss, the model) for minires; ``keep_memory``: as Trainer does."""
     import minires as mr
     import minires.nn.functional as F
     from minires import models, optim
@@ -78,6 +83,13 @@ def minires_step(depth: int, batch: int) -> tuple[Callable[[], float], Any]:
         def single_threaded_blas():
             return threadpool_limits(1, "blas")
 
+    if keep_memory:
+        try:
+            from minires.allocator import keep_freed_memory
+        except ImportError:  # an older minires (to time a baseline) has no such setting
+            pass
+        else:
+            keep_freed_memory()
     model = models.resnet_cifar(depth, num_classes=NUM_CLASSES, seed=0)
     model.train()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -158,7 +170,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux, bytes on macOS
 
 
-def child_memory(lib: str, depth: int, batch: int, steps: int, threads: int) -> None:
+def child_memory(lib: str, depth: int, batch: int, steps: int, threads: int, keep_memory: bool = True) -> None:
     """Runs in the child process: build, take ``steps`` steps, print JSON with the peak RSS."""
     if lib == "torch":
         import torch
@@ -166,7 +178,7 @@ def child_memory(lib: str, depth: int, batch: int, steps: int, threads: int) -> 
         torch.set_num_threads(threads)
         step = torch_step(depth, batch, None)
     else:
-        step, _ = minires_step(depth, batch)
+        step, _ = minires_step(depth, batch, keep_memory)
     before = _status_mb("VmRSS")
     for _ in range(steps):
         step()
@@ -174,10 +186,10 @@ def child_memory(lib: str, depth: int, batch: int, steps: int, threads: int) -> 
     print(json.dumps({"before_mb": before, "peak_mb": peak}))
 
 
-def measure_memory(lib: str, depth: int, batch: int, steps: int, threads: int) -> dict:
+def measure_memory(lib: str, depth: int, batch: int, steps: int, threads: int, malloc: str = "keep") -> dict:
     env = dict(os.environ, MINIRES_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--child", lib, "--models", str(depth), "--batch", str(batch),
-           "--steps", str(steps), "--threads", str(threads)]
+           "--steps", str(steps), "--threads", str(threads), "--malloc", malloc]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"memory child for {lib} resnet{depth} failed:\n{out.stderr}")
@@ -283,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--no-torch", action="store_true", help="time minires alone")
     parser.add_argument("--profile", choices=["ops", "cprofile"], help="profile minires' step instead")
+    parser.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
+                        help="keep: minires.allocator.keep_freed_memory(), as Trainer does (default); glibc: its defaults")
     parser.add_argument("--child", choices=["minires", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads < 1:
@@ -295,12 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["MINIRES_NUM_THREADS"] = str(args.threads)
 
     if args.child:
-        child_memory(args.child, depths[0], args.batch, args.steps, args.threads)
+        child_memory(args.child, depths[0], args.batch, args.steps, args.threads, args.malloc == "keep")
         return 0
 
     if args.profile:
         for depth in depths:
-            step, _ = minires_step(depth, args.batch)
+            step, _ = minires_step(depth, args.batch, args.malloc == "keep")
             print(f"== resnet{depth}, batch {args.batch}")
             (profile_ops if args.profile == "ops" else profile_cprofile)(step, args.steps)
         return 0
@@ -317,12 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(machine_lines(args.threads)))
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    print(f"malloc: {'minires.allocator.keep_freed_memory() (process-wide, PyTorch timed with it too)' if args.malloc == 'keep' else 'glibc defaults'}")
     print(f"batch {args.batch}, float32, {args.steps} alternating timed steps after {args.warmup} warm-up "
           "steps each; times in ms\n")
 
     rows = []
     for depth in depths:
-        step, model = minires_step(depth, args.batch)
+        step, model = minires_step(depth, args.batch, args.malloc == "keep")
         theirs = torch_step(depth, args.batch, model.state_dict()) if use_torch else None
         for _ in range(args.warmup):
             step()
@@ -338,9 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         if theirs_t:
             row.update(theirs_med=statistics.median(theirs_t) * 1e3, theirs_min=min(theirs_t) * 1e3)
         if not args.no_memory:
-            row["ours_mem"] = measure_memory("minires", depth, args.batch, args.memory_steps, args.threads)
+            row["ours_mem"] = measure_memory("minires", depth, args.batch, args.memory_steps, args.threads,
+                                             args.malloc)
             if use_torch:
-                row["theirs_mem"] = measure_memory("torch", depth, args.batch, args.memory_steps, args.threads)
+                row["theirs_mem"] = measure_memory("torch", depth, args.batch, args.memory_steps, args.threads,
+                                                   "glibc")
         rows.append(row)
         print(f"  resnet{depth}: minires {row['ours_med']:.0f} ms"
               + (f", torch {row['theirs_med']:.0f} ms" if theirs_t else ""), file=sys.stderr, flush=True)

@@ -63,7 +63,7 @@ from typing import Any, Iterable, Sequence, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from . import __version__, backend, models, recipes
+from . import __version__, allocator, backend, models, recipes
 from .atomic import atomic_write_bytes
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DataLoader, split_validation, standard_augment, subset
@@ -538,6 +538,10 @@ class Trainer:
         except (ValueError, backend.DeviceError) as exc:
             raise ConfigError(str(exc)) from exc
         self.recipe = recipes.get_recipe(self.config.recipe)
+        if self.device.type == "cpu":
+            # Reuse freed activation memory from step to step instead of taking
+            # fresh, page-faulting pages from the kernel (minires/allocator.py).
+            allocator.keep_freed_memory()
 
         saved = None
         if resume:

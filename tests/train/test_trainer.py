@@ -499,3 +499,12 @@ def test_grad_norms_option_prints_the_table_of_each_nth_step(tmp_path, cifar_fil
     n_weights = sum(1 for _, p in trainer.model.named_parameters() if p.ndim >= 2)
     block = text.split("gradient norms at step 2 ")[1].splitlines()[1 : 2 + n_weights]
     assert block[0].startswith("layer") and all("e" in line for line in block[1:])
+
+
+def test_cpu_runs_keep_freed_memory_for_reuse(tmp_path, cifar_files, monkeypatch):
+    from minires import allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    quiet_trainer(tiny_config(epochs=1), cifar_files, tmp_path)
+    assert calls == [1]
