@@ -68,6 +68,27 @@ def test_option_a_gradcheck_odd_sizes():
     assert minires.gradcheck(lambda t: subsample_pad_channels(t, 2, 1, 2), [x], seed=2)
 
 
+
+def test_option_a_keeps_the_input_memory_layout():
+    """Channels-last in, channels-last out and back (the CPU ResNet's layout), same values as NCHW."""
+    from minires.kernels.conv import is_channels_last
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 6, 5))
+    x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    g = rng.standard_normal((2, 8, 3, 3))
+    results = []
+    for data in (x, x_cl):
+        t = minires.Tensor(data, requires_grad=True)
+        seen = []
+        t.register_hook(lambda grad: seen.append(grad.data))  # as the Function returns it (.grad is a copy)
+        y = subsample_pad_channels(t, 2, 2, 2)
+        y.backward(minires.Tensor(g))
+        results.append((y.data, seen[0]))
+        assert is_channels_last(y.data) == is_channels_last(data) == is_channels_last(seen[0])
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
 @pytest.mark.parametrize(
     "option, in_planes, out_planes, stride, expected",
     [
