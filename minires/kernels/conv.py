@@ -33,7 +33,7 @@ The reference is correct but slow on a CPU. For a 3x3 convolution, im2col
 writes 9 copies of the input and col2im reads 9 back with read-modify-write
 passes; at CIFAR sizes (batch 128, 16 channels, 32x32) that is 75 MB per
 layer, far more than any cache, and the matrix products starve while memory
-traffic dominates. The fast path keeps the same mathematics and changes five
+traffic dominates. The fast path keeps the same mathematics and changes seven
 things, each one measured (``benchmarks/bench_layers.py``; numbers in
 ``benchmarks/README.md``):
 
@@ -83,6 +83,16 @@ things, each one measured (``benchmarks/bench_layers.py``; numbers in
    convolution") and reuses the machinery above: copies and GEMMs, no
    read-modify-write scatter. For stride > 1 the adjoint is applied step by
    step (GEMM, then kH + kW strided slice-adds per chunk, in cache).
+6. **d weight from the same unfolded gradient.** With unit stride the
+   backward pass unfolds g anyway (point 5). Reading the weight gradient
+   off that unfold, ``dW[:, :, i, j] = sum over x's pixels of x (outer)
+   g_tap(kH-1-i, kW-1-j)``, needs x only as plain rows, so x is not
+   unfolded a second time and g is not copied a second time.
+7. **Products in BLAS-sized blocks.** OpenBLAS has kernels for small
+   matrices that skip its packing copies; the skinny products of a
+   16- or 32-channel layer run 20-50% faster in blocks of about a million
+   multiply-adds, passed as one stacked matmul call (see
+   ``_SMALL_GEMM_WORK``).
 
 On CuPy arrays (float32/float64) both functions hand over to
 :mod:`minires.kernels.cuda.im2col`: an im2col CUDA kernel and one large cuBLAS
@@ -476,12 +486,76 @@ def _tap_weights(weight: Any) -> list[Any]:
     return [xp.ascontiguousarray(weight[:, :, i, :].transpose(2, 1, 0)).reshape(kw * c, c_out) for i in range(kh)]
 
 
+# OpenBLAS (the BLAS NumPy ships) multiplies small matrices with kernels that
+# skip its packing copies, and the skinny products of a small convolution
+# run much faster that way. Measured on the 2-core machine of
+# benchmarks/README.md, one thread: (rows, 48) @ (48, 16) at 88-106 GFLOP/s
+# in blocks of 1024 rows against 62-77 GFLOP/s for 2048 rows or more;
+# (rows, 96) @ (96, 32) at 118-147 in blocks of 256 against 88-108. Those
+# kernels take products of at most about a million multiply-adds
+# (rows * K * N). The blocks go to BLAS as ONE stacked matmul call,
+# (blocks, rows, K) @ (K, N): NumPy then loops over the blocks with the GIL
+# released once, whereas a Python loop of small matmul calls makes two kernel
+# threads hand the GIL back and forth at every call (measured: two threads
+# together slower than one). For 64 channels the blocks would be under 128
+# rows, where nothing is gained, so such products stay whole.
+_SMALL_GEMM_WORK = 1_000_000
+_SMALL_GEMM_MIN_ROWS = 128
+
+
+def _gemm_block_rows(rows: int, k: int, n: int) -> int:
+    """Rows per block for a (rows, k) @ (k, n) product: a divisor of ``rows`` (``rows`` itself: no blocking)."""
+    limit = _SMALL_GEMM_WORK // max(1, k * n)
+    if limit >= rows:
+        return rows
+    for step in range(limit, _SMALL_GEMM_MIN_ROWS - 1, -1):
+        if rows % step == 0:
+            return step
+    return rows
+
+
+def _max_blocks(rows: int, k: int, n: int) -> int:
+    """Most blocks :func:`_gemm_block_rows` can cut a (rows, k) @ (k, n) product (or fewer rows) into."""
+    if k * n * _SMALL_GEMM_MIN_ROWS > _SMALL_GEMM_WORK:
+        return 1
+    return max(1, rows // _SMALL_GEMM_MIN_ROWS)
+
+
+def _blocks(a: Any, step: int) -> Any:
+    """The (rows, k) matrix ``a`` as a stack of (step, k) blocks (a view; step divides rows)."""
+    return a.reshape(a.shape[0] // step, step, a.shape[1])
+
+
 def _accumulate_taps(xp: Any, windows: _RowWindows, tap_weights: list[Any], out: Any, scratch: Any) -> Any:
-    """out = sum_i windows.tap(i) @ tap_weights[i]   (out and scratch: (rows, C_out) buffers)."""
-    xp.matmul(windows.tap(0), tap_weights[0], out=out)
-    for i in range(1, len(tap_weights)):
-        out += xp.matmul(windows.tap(i), tap_weights[i], out=scratch)
+    """out = sum_i windows.tap(i) @ tap_weights[i]   (out and scratch: (rows, C_out) buffers).
+
+    Each product runs in row blocks sized for BLAS's small-matrix kernels
+    (see ``_SMALL_GEMM_WORK``).
+    """
+    rows = out.shape[0]
+    k, n_out = tap_weights[0].shape
+    step = _gemm_block_rows(rows, k, n_out) if xp.__name__ == "numpy" else rows
+    for i, weights in enumerate(tap_weights):
+        target = out if i == 0 else scratch
+        xp.matmul(_blocks(windows.tap(i), step), weights, out=_blocks(target, step))
+        if i > 0:
+            out += scratch
     return out
+
+
+def _accumulate_products(xp: Any, left: Any, right: Any, total: Any, blocks_out: Any) -> None:
+    """total += left.T @ right for (rows, A) ``left`` and (rows, B) ``right``.
+
+    In row blocks sized for BLAS's small-matrix kernels, as one stacked call
+    whose (blocks, A, B) products go to ``blocks_out`` (a buffer of at least
+    that many (A, B) matrices) and are then summed.
+    """
+    rows, a_cols = left.shape
+    b_cols = right.shape[1]
+    step = _gemm_block_rows(rows, a_cols, b_cols) if xp.__name__ == "numpy" else rows
+    parts = blocks_out[: rows // step]
+    xp.matmul(_blocks(left, step).transpose(0, 2, 1), _blocks(right, step), out=parts)
+    total += parts.sum(axis=0)
 
 
 # How many images go into one chunk: enough work (about 8 million
@@ -576,10 +650,15 @@ def conv2d_backward(
 ) -> tuple[Any, Any, Any]:
     """Fast convolution backward (same results as :func:`conv2d_backward_reference`).
 
-    d weight: for kernel row i, ``dW_i = g^T @ tap(i)`` with g as a (rows,
-    C_out) matrix whose rows match the forward's (h, n, w) order (copied from
-    grad_out in runs of W_out * C_out numbers when grad_out is channels-last;
-    BLAS reads its transpose without a copy).
+    d weight, unit stride with d x also needed: for kernel row i,
+    ``x_rows^T @ g_tap(kH-1-i)`` with x as a (rows, C) matrix in (h, n, w)
+    order and g_tap the transposed convolution's unfold of g (module
+    docstring, point 6); its columns run over the kernel columns in reverse.
+
+    d weight otherwise: for kernel row i, ``dW_i = g^T @ tap(i)`` with g as a
+    (rows, C_out) matrix whose rows match the forward's (h, n, w) order
+    (copied from grad_out in runs of W_out * C_out numbers when grad_out is
+    channels-last; BLAS reads its transpose without a copy).
 
     d x, unit stride: the transposed convolution (module docstring, point 4),
     computed with the same row-unfold machinery on the output gradient.
@@ -638,12 +717,21 @@ def conv2d_backward(
         col_phases = [_phase_span(r, sw, pw, w) for r in range(sw)]
     nb = _images_per_chunk(xp, n, ho * wo * kh * kw * c * c_out, ho * wo)
 
+    # Unit stride with both gradients: d weight comes from the SAME unfolded
+    # output gradient that the transposed convolution builds for d x, against
+    # x's plain rows (no unfold of x; see the docstring).
+    w_from_g = need_w and need_x and unit_stride
+
     def work(starts: list[int]) -> Any:
         g_buf = _workspace(xp, ("rows", 2), (nb * ho * wo * c_out,), dtype)  # g as (rows, C_out), rows (h, n, w)
-        if need_w:
+        if w_from_g:
+            x_buf = _workspace(xp, ("rows", 3), (nb * h * w * c,), dtype)  # x as (rows, C), rows (h, n, w)
+            grad_w_taps = xp.zeros((kh, c, kw * c_out), dtype=dtype)  # this thread's share
+            product = _workspace(xp, ("product",), (_max_blocks(nb * h * w, c, kw * c_out), c, kw * c_out), dtype)
+        elif need_w:
             windows_x = _RowWindows(xp, c, (h, w), (kh, kw), stride, padding, dilation, (ho, wo), dtype)
             grad_w_taps = xp.zeros((kh, c_out, kw * c), dtype=dtype)  # this thread's share
-            product = _workspace(xp, ("product",), (c_out, kw * c), dtype)
+            product = _workspace(xp, ("product",), (_max_blocks(nb * ho * wo, c_out, kw * c), c_out, kw * c), dtype)
         if need_x and unit_stride:
             windows_g = _RowWindows(xp, c_out, (ho, wo), (kh, kw), (1, 1), t_pad, dilation, (h, w), dtype, role="g")
             dx_rows = _workspace(xp, ("rows", 0), (nb * h * w * c,), dtype)
@@ -655,15 +743,22 @@ def conv2d_backward(
             m = min(nb, n - n0)
             rows = m * ho * wo
             g_chunk = grad_out[n0 : n0 + m]
-            g_rows = g_buf[: rows * c_out].reshape(rows, c_out)
-            g_rows.reshape(ho, m, wo, c_out)[...] = g_chunk.transpose(2, 0, 3, 1)
-            if need_w:
+            if not (need_x and unit_stride) or (need_w and not w_from_g):
+                g_rows = g_buf[: rows * c_out].reshape(rows, c_out)
+                g_rows.reshape(ho, m, wo, c_out)[...] = g_chunk.transpose(2, 0, 3, 1)
+            if need_w and not w_from_g:
                 windows_x.fill(x[n0 : n0 + m])
                 for i in range(kh):
-                    grad_w_taps[i] += xp.matmul(g_rows.T, windows_x.tap(i), out=product)
+                    _accumulate_products(xp, g_rows, windows_x.tap(i), grad_w_taps[i], product)
             if need_x and unit_stride:
                 windows_g.fill(g_chunk)
                 rows_x = m * h * w
+                if w_from_g:
+                    # dW[o, c, i, j] = sum over x's pixels of x * (g tap of kernel row kH-1-i, column kW-1-j).
+                    x_rows = x_buf[: rows_x * c].reshape(rows_x, c)
+                    x_rows.reshape(h, m, w, c)[...] = x[n0 : n0 + m].transpose(2, 0, 3, 1)
+                    for i in range(kh):
+                        _accumulate_products(xp, x_rows, windows_g.tap(kh - 1 - i), grad_w_taps[i], product)
                 res = _accumulate_taps(
                     xp,
                     windows_g,
@@ -694,6 +789,10 @@ def conv2d_backward(
         total = partials[0]
         for part in partials[1:]:
             total = total + part
-        # (kH, C_out, kW*C) with (j, c) order -> (C_out, C, kH, kW)
-        grad_w = xp.ascontiguousarray(total.reshape(kh, c_out, kw, c).transpose(1, 3, 0, 2))
+        if w_from_g:
+            # (kH, C, kW*C_out) with (kW-1-j, o) order -> (C_out, C, kH, kW)
+            grad_w = xp.ascontiguousarray(total.reshape(kh, c, kw, c_out)[:, :, ::-1].transpose(3, 1, 0, 2))
+        else:
+            # (kH, C_out, kW*C) with (j, c) order -> (C_out, C, kH, kW)
+            grad_w = xp.ascontiguousarray(total.reshape(kh, c_out, kw, c).transpose(1, 3, 0, 2))
     return grad_x, grad_w, grad_b

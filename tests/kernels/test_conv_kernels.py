@@ -250,3 +250,55 @@ def test_scratch_buffers_reused_across_calls_give_fresh_results(rng):
         assert_close(K.conv2d_forward(x, w, None, *geometry), K.conv2d_forward_reference(x, w, None, *geometry))
         for got, want in zip(K.conv2d_backward(x, w, g, *geometry), K.conv2d_backward_reference(x, w, g, *geometry)):
             assert_close(got, want)
+
+
+def test_gemm_block_rows_divide_the_rows_within_the_small_kernel_limit():
+    """Blocks for BLAS's small-matrix kernels: a divisor of the rows, under the work limit, or no blocking."""
+    # ResNet-20's 16-channel layer, a 4-image chunk: (4096, 48) @ (48, 16) -> blocks of 1024 rows.
+    assert K._gemm_block_rows(4096, 48, 16) == 1024
+    for rows, k, n in [(4096, 48, 16), (2048, 96, 32), (3000, 48, 16), (1000, 30, 7)]:
+        step = K._gemm_block_rows(rows, k, n)
+        assert rows % step == 0
+        assert step == rows or (K._SMALL_GEMM_MIN_ROWS <= step and step * k * n <= K._SMALL_GEMM_WORK)
+        assert rows // step <= K._max_blocks(rows, k, n)
+    assert K._gemm_block_rows(4096, 192, 64) == 4096  # 64 channels: blocks would be too small, left whole
+    assert K._gemm_block_rows(4099, 48, 16) == 4099  # a prime: no divisor in range, left whole
+    assert K._gemm_block_rows(500, 48, 16) == 500  # small enough already
+
+
+@pytest.mark.parametrize(
+    "c, c_out, size, padding, dilation",
+    [
+        (16, 16, 32, (1, 1), (1, 1)),  # blocked products: chunks of 2 images, 2048 rows -> 2 blocks of 1024
+        (32, 32, 16, (1, 1), (1, 1)),  # 512 rows -> 2 blocks of 256
+        (3, 5, 9, (3, 2), (1, 1)),  # padding > d (k - 1): the transposed convolution crops
+        (4, 3, 11, (1, 2), (2, 2)),  # dilation: d weight reads the g taps kH - 1 - i, kW - 1 - j
+    ],
+)
+def test_unit_stride_weight_gradient_from_the_unfolded_output_gradient(
+    rng, monkeypatch, c, c_out, size, padding, dilation
+):
+    """Unit stride with both gradients: d weight is taken against the g unfold that d x uses.
+
+    float64, every element against the reference (im2col) formulas, including
+    blocked products and a geometry whose transposed convolution crops.
+    """
+    steps = []
+    original = K._gemm_block_rows
+    monkeypatch.setattr(K, "_gemm_block_rows", lambda rows, k, n: steps.append((rows, original(rows, k, n))) or steps[-1][1])
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")  # chunks of 2 images, whatever the machine
+    n = 4
+    x = rng.standard_normal((n, c, size, size))
+    w = rng.standard_normal((c_out, c, 3, 3))
+    geometry = ((1, 1), padding, dilation)
+    y = K.conv2d_forward_reference(x, w, None, *geometry)
+    g = rng.standard_normal(y.shape)
+    assert_close(K.conv2d_forward(x, w, None, *geometry), y)
+    got = K.conv2d_backward(x, w, g, *geometry, needs_input_grad=(True, True, False))
+    want = K.conv2d_backward_reference(x, w, g, *geometry, needs_input_grad=(True, True, False))
+    for a, b in zip(got, want):
+        assert_close(a, b)
+    # Weight gradient alone takes the other branch (unfold of x): the same numbers.
+    only_w = K.conv2d_backward(x, w, g, *geometry, needs_input_grad=(False, True, False))[1]
+    assert_close(only_w, want[1])
+    assert any(step < rows for rows, step in steps) == (c >= 16)  # the big cases really ran in blocks
