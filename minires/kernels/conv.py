@@ -106,6 +106,7 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
+from functools import lru_cache
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence
@@ -505,10 +506,17 @@ _SMALL_GEMM_MIN_ROWS = 128
 
 def _gemm_block_rows(rows: int, k: int, n: int) -> int:
     """Rows per block for a (rows, k) @ (k, n) product: a divisor of ``rows`` (``rows`` itself: no blocking)."""
-    limit = _SMALL_GEMM_WORK // max(1, k * n)
+    return _block_rows(rows, k, n, _SMALL_GEMM_WORK, _SMALL_GEMM_MIN_ROWS)
+
+
+@lru_cache(maxsize=256)
+def _block_rows(rows: int, k: int, n: int, work: int, min_rows: int) -> int:
+    # Cached: the divisor search is a Python loop of up to a few hundred
+    # steps, run under the GIL for every product of every chunk otherwise.
+    limit = work // max(1, k * n)
     if limit >= rows:
         return rows
-    for step in range(limit, _SMALL_GEMM_MIN_ROWS - 1, -1):
+    for step in range(limit, min_rows - 1, -1):
         if rows % step == 0:
             return step
     return rows
