@@ -128,6 +128,10 @@ from ..backend import get_array_module
 from .conv import run_chunks
 
 __all__ = [
+    "batch_norm_relu_train_forward",
+    "batch_norm_relu_train_forward_reference",
+    "batch_norm_relu_train_backward",
+    "batch_norm_relu_train_backward_reference",
     "batch_norm_train_forward",
     "batch_norm_train_forward_reference",
     "batch_norm_train_backward",
@@ -350,6 +354,12 @@ def batch_norm_train_forward(x: Any, weight: Any, bias: Any, eps: float) -> tupl
         from .cuda import batch_norm as cuda_bn
         if cuda_bn.supported(x, weight, bias):
             return cuda_bn.batch_norm_train_forward(x, weight, bias, eps)
+    return _train_forward(x, weight, bias, eps)
+
+
+def _train_forward(x: Any, weight: Any, bias: Any, eps: float, residual: Any = None, relu: bool = False) -> tuple:
+    """The CPU forward above; with ``residual`` and/or ``relu``, the last pass also adds and clamps (fused, below)."""
+    xp = get_array_module(x)
     cl = _channels_last(x)
     x2 = _as_rows(x, cl)
     n, k = x2.shape
@@ -384,6 +394,7 @@ def batch_norm_train_forward(x: Any, weight: Any, bias: Any, eps: float) -> tupl
     scale = inv_std if weight is None else inv_std * weight.astype(xp.float64)
     scale_row = _row(scale, length, dtype, cl)
     bias_row = None if bias is None else _row(bias, length, dtype, cl)
+    r2 = None if residual is None else _as_rows(residual, cl)
 
     def scale_and_shift(slices: list) -> None:
         for s in slices:
@@ -391,6 +402,10 @@ def batch_norm_train_forward(x: Any, weight: Any, bias: Any, eps: float) -> tupl
             out *= scale_row
             if bias_row is not None:
                 out += bias_row
+            if r2 is not None:
+                out += r2[s]
+            if relu:
+                xp.maximum(out, 0, out=out)
 
     _over_slices(xp, n, row_bytes, scale_and_shift, x.size)
     return _from_rows(y2, x.shape, cl), mean, var.astype(dtype), inv_std.astype(dtype)
@@ -451,9 +466,27 @@ def batch_norm_train_backward(
         from .cuda import batch_norm as cuda_bn
         if cuda_bn.supported(grad, x, mean, inv_std, weight):
             return cuda_bn.batch_norm_train_backward(grad, x, mean, inv_std, weight, need_dx=need_dx)
+    dx, dweight, dbias, _ = _train_backward(grad, x, mean, inv_std, weight, need_dx)
+    return dx, dweight, dbias
+
+
+def _train_backward(
+    grad: Any, x: Any, mean: Any, inv_std: Any, weight: Any, need_dx: bool, relu_out: Any = None, keep_dz: bool = False
+) -> tuple:
+    """The CPU backward above, returning ``(dx, dweight, dbias, dz)``.
+
+    With ``relu_out`` (the output y of a fused ``relu(bn(x) [+ r])``), the
+    first pass gates the gradient with y's mask while each slice is in cache,
+    ``dz = grad * (y > 0)`` (the gradient of the ReLU's input), and the rest
+    runs on dz. ``dz`` is returned when ``keep_dz`` (the residual's gradient),
+    else its buffer becomes dx; without ``relu_out`` it is None.
+    """
+    xp = get_array_module(grad, x)
     cl = _channels_last(x)
     x2 = _as_rows(x, cl)
     g2 = _as_rows(grad, cl)  # in x's memory order (a copy only if grad's differs)
+    y2 = None if relu_out is None else _as_rows(relu_out, cl)
+    dz2 = None if y2 is None else xp.empty(x2.shape, dtype=x2.dtype)
     n, k = x2.shape
     c = x.shape[1]
     length = k // c
@@ -473,6 +506,9 @@ def batch_norm_train_backward(
         dot_cols = xp.zeros(k, dtype=dtype)
         for sl in slices:
             g_slice, centred = g2[sl], scratch[: sl.stop - sl.start]
+            if y2 is not None:
+                # "not y <= 0" rather than "y > 0": NaN passes, as in relu_backward.
+                g_slice = xp.multiply(g_slice, ~(y2[sl] <= 0), out=dz2[sl])
             sum_g_cols += _column_sum(g_slice)
             xp.subtract(x2[sl], mean_row, out=centred)
             dot_cols += _column_dot(g_slice, centred)
@@ -483,8 +519,11 @@ def batch_norm_train_backward(
     s = inv_std.astype(xp.float64)
     dbias = sum_g
     dweight = sum_g_centred * s
+    dz = None if (dz2 is None or not keep_dz) else _from_rows(dz2, x.shape, cl)
     if not need_dx:
-        return None, dweight.astype(dtype), dbias.astype(dtype)
+        return None, dweight.astype(dtype), dbias.astype(dtype), dz
+    if dz2 is not None:
+        g2 = dz2  # pass 2 runs on the gated gradient
 
     gamma = xp.ones(c, dtype=xp.float64) if weight is None else weight.astype(xp.float64)
     a = gamma * s
@@ -492,21 +531,100 @@ def batch_norm_train_backward(
     c_shift = -gamma * s * sum_g / m
     a_row, b_row, c_row = (_row(v, length, dtype, cl) for v in (a, b, c_shift))
 
-    dx2 = xp.empty((n, k), dtype=dtype)
+    # dx may overwrite the gated gradient in place when nobody keeps it:
+    # each slice reads its g before writing dx (scaled_g first).
+    dx2 = dz2 if (dz2 is not None and not keep_dz) else xp.empty((n, k), dtype=dtype)
 
     def input_gradient(slices: list) -> None:  # pass 2: dx = b * (x - mean) + a * g + c
         scratch = xp.empty((rows_per_slice, k), dtype=dtype)
         for sl in slices:
+            scaled_g = scratch[: sl.stop - sl.start]
+            xp.multiply(g2[sl], a_row, out=scaled_g)
             out = dx2[sl]
             xp.subtract(x2[sl], mean_row, out=out)
             out *= b_row
-            scaled_g = scratch[: sl.stop - sl.start]
-            xp.multiply(g2[sl], a_row, out=scaled_g)
             out += scaled_g
             out += c_row
 
     _over_slices(xp, n, row_bytes, input_gradient, x.size)
-    return _from_rows(dx2, x.shape, cl), dweight.astype(dtype), dbias.astype(dtype)
+    return _from_rows(dx2, x.shape, cl), dweight.astype(dtype), dbias.astype(dtype), dz
+
+
+# ---------------------------------------------------------------------------
+# Fused with the ReLU that follows (and a residual addition before it)
+# ---------------------------------------------------------------------------
+#
+# In a ResNet every batch norm is followed by a ReLU, the last one of a
+# residual block after adding the shortcut: z = bn(x) + r, y = relu(z).
+# Run as three operations, the addition and the ReLU each make one more full
+# pass over memory forward and the ReLU another backward, and each allocates
+# a full-size array. Fused, they become two more operations on the slice
+# that the batch norm's last pass already holds in cache, and the ReLU's
+# backward mask is applied inside the batch norm's first backward pass. Same
+# numbers; the unfused composition is the reference. (On the GPU the fused
+# functions run the separate CUDA kernels one after another.)
+
+
+def batch_norm_relu_train_forward_reference(x: Any, weight: Any, bias: Any, eps: float, residual: Any = None) -> tuple:
+    """``relu(bn(x) + residual)`` from the reference batch norm: ``(y, mean, var, inv_std)``.
+
+    ``residual`` has x's shape, or is None (``relu(bn(x))``).
+    """
+    xp = get_array_module(x)
+    z, mean, var, inv_std = batch_norm_train_forward_reference(x, weight, bias, eps)
+    if residual is not None:
+        z = z + residual
+    return xp.maximum(z, 0), mean, var, inv_std
+
+
+def batch_norm_relu_train_forward(x: Any, weight: Any, bias: Any, eps: float, residual: Any = None) -> tuple:
+    """Fused ``relu(bn(x) + residual)``, same contract as the reference above.
+
+    The batch norm's passes as in :func:`batch_norm_train_forward`; the last
+    one also adds the residual slice and clamps at zero. y comes back in x's
+    memory layout (a residual in another layout is copied to x's first).
+    """
+    xp = get_array_module(x)
+    if xp is not np:
+        from .relu import relu_forward
+
+        z, mean, var, inv_std = batch_norm_train_forward(x, weight, bias, eps)
+        if residual is not None:
+            z = z + residual
+        return relu_forward(z), mean, var, inv_std
+    return _train_forward(x, weight, bias, eps, residual=residual, relu=True)
+
+
+def batch_norm_relu_train_backward_reference(
+    grad: Any, y: Any, x: Any, mean: Any, inv_std: Any, weight: Any
+) -> tuple:
+    """Gradients of ``y = relu(bn(x) + r)``: ``(dx, dweight, dbias, dz)``.
+
+    ``dz = grad * (y > 0)`` (NaN in y passes, as in relu_backward) is the
+    gradient of the ReLU's input, so also the residual's; the batch norm's
+    gradients are those of the reference with dz as the upstream gradient.
+    """
+    dz = grad * ~(y <= 0)
+    dx, dweight, dbias = batch_norm_train_backward_reference(dz, x, mean, inv_std, weight)
+    return dx, dweight, dbias, dz
+
+
+def batch_norm_relu_train_backward(
+    grad: Any, y: Any, x: Any, mean: Any, inv_std: Any, weight: Any, need_dx: bool = True, need_dz: bool = True
+) -> tuple:
+    """Fused backward of ``y = relu(bn(x) + r)``, same contract as the reference.
+
+    ``need_dz=False`` (no residual, or its gradient not needed) returns None
+    for dz and lets dx reuse its buffer; ``need_dx=False`` returns None for dx.
+    """
+    xp = get_array_module(grad, x)
+    if xp is not np:
+        from .relu import relu_backward
+
+        dz = relu_backward(grad, y)
+        dx, dweight, dbias = batch_norm_train_backward(dz, x, mean, inv_std, weight, need_dx=need_dx)
+        return dx, dweight, dbias, (dz if need_dz else None)
+    return _train_backward(grad, x, mean, inv_std, weight, need_dx, relu_out=y, keep_dz=need_dz)
 
 
 # ---------------------------------------------------------------------------

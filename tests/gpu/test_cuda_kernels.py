@@ -224,6 +224,23 @@ def test_batch_norm_train_forward_and_backward_match_numpy(shape, dtype, seed, a
 
 
 @settings(max_examples=15, deadline=None)
+@given(shape=bn_case(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1), affine=st.booleans())
+def test_fused_batch_norm_relu_matches_numpy(shape, dtype, seed, affine):
+    """relu(bn(x) + r) on the device (the CUDA kernels in sequence) against the NumPy reference."""
+    x, w, b, g = _bn_inputs(shape, dtype, seed, affine)
+    r = np.random.default_rng(seed + 1).standard_normal(shape).astype(dtype)
+    ref = bn_kernels.batch_norm_relu_train_forward_reference(x, w, b, 1e-5, r)
+    got = bn_kernels.batch_norm_relu_train_forward(to_gpu(x), to_gpu(w), to_gpu(b), 1e-5, to_gpu(r))
+    for a, want, name in zip(got, ref, ("y", "mean", "var", "inv_std")):
+        assert_close(a, want.astype(dtype), f"batch_norm_relu {name}")
+    y, mean, inv_std = got[0], got[1], got[3]
+    ref_grads = bn_kernels.batch_norm_relu_train_backward_reference(g, to_host(y), x, to_host(mean), to_host(inv_std), w)
+    grads = bn_kernels.batch_norm_relu_train_backward(to_gpu(g), y, to_gpu(x), mean, inv_std, to_gpu(w))
+    for a, want, name in zip(grads, ref_grads, ("dx", "dweight", "dbias", "dz")):
+        assert_close(a, want.astype(dtype), f"batch_norm_relu {name}", rtol=10 * RTOL[np.dtype(dtype)])
+
+
+@settings(max_examples=15, deadline=None)
 @given(shape=bn_case(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1),
        momentum=st.floats(0.0, 1.0))
 def test_running_statistics_update_on_the_device_matches_numpy(shape, dtype, seed, momentum):

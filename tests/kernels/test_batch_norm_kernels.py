@@ -313,3 +313,58 @@ def test_float32_channels_last_with_large_channel_mean_keeps_its_digits():
     assert rel_err(dw, dw64) < 1e-5
     assert rel_err(dx, dx64) < 1e-5
     assert rel_err(y, y64) < 1e-4
+
+
+# ---------------------------------------------------------------------------
+# Fused relu(bn(x) + residual)
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=40)
+@given(bn_case(), st.booleans(), st.sampled_from(["nchw", "channels_last", "mixed"]), st.booleans())
+def test_fused_relu_matches_the_unfused_reference(case, with_residual, layout, threaded):
+    """relu(bn(x) + r), forward and backward, against the composition of the reference kernels.
+
+    float64, every element; slices of one or two samples or the default, on
+    one or two threads; x, g and r channels-last or not, r in a layout other
+    than x's ("mixed", 4-D only).
+    """
+    shape, seed, has_weight, has_bias, slice_bytes = case
+    x, w, b, g = make(shape, seed, has_weight, has_bias)
+    r = np.random.default_rng(seed + 1).standard_normal(shape) if with_residual else None
+    four_d = len(shape) == 4
+    lay = (lambda a: channels_last(a) if four_d and layout != "nchw" and a is not None else a)
+    lay_r = (lambda a: a) if layout == "mixed" else lay
+    y_ref, mean_ref, var_ref, inv_ref = K.batch_norm_relu_train_forward_reference(x, w, b, 1e-5, r)
+    grads_ref = K.batch_norm_relu_train_backward_reference(g, y_ref, x, mean_ref, inv_ref, w)
+    threads = force_kernel_threads(2) if threaded else contextlib.nullcontext()
+    with chunk_bytes(slice_bytes), threads:
+        y, mean, var, inv_std = K.batch_norm_relu_train_forward(lay(x), w, b, 1e-5, lay_r(r))
+        grads = K.batch_norm_relu_train_backward(lay(g), y, lay(x), mean, inv_std, w, need_dz=with_residual)
+    if four_d and layout != "nchw":
+        assert K._channels_last(y) or y.flags.c_contiguous  # x's layout (both orders coincide when C or H*W is 1)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    assert (y >= 0).all()
+    for got, want in zip((mean, var, inv_std), (mean_ref, var_ref, inv_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    dx, dw, db, dz = grads
+    for got, want in zip((dx, dw, db), grads_ref[:3]):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
+    if with_residual:
+        np.testing.assert_array_equal(dz, grads_ref[3])
+    else:
+        assert dz is None
+
+
+def test_fused_relu_backward_skips_what_is_not_needed_and_lets_nan_through():
+    x, w, b, g = make((5, 3, 4, 4), 2, True, True)
+    y, mean, _, inv_std = K.batch_norm_relu_train_forward(x, w, b, 1e-5)
+    y_nan = y.copy()
+    y_nan[0, 0, 0, 0] = np.nan  # the ReLU passes the gradient through a NaN output, as relu_backward does
+    dx, dw, db, dz = K.batch_norm_relu_train_backward(g, y_nan, x, mean, inv_std, w, need_dx=False, need_dz=True)
+    assert dx is None
+    assert dz[0, 0, 0, 0] == g[0, 0, 0, 0]
+    np.testing.assert_array_equal(dz, g * ~(y_nan <= 0))
+    want = K.batch_norm_train_backward_reference(dz, x, mean, inv_std, w)
+    np.testing.assert_allclose(dw, want[1], rtol=1e-10)
+    np.testing.assert_allclose(db, want[2], rtol=1e-10)

@@ -325,3 +325,68 @@ def test_block_gradcheck_eval_mode():
     block = _randomise(Bottleneck(4, 2, stride=2, shortcut="B").double(), 13).eval()
     x = minires.Tensor(np.random.default_rng(14).standard_normal((2, 4, 3, 3)), requires_grad=True)
     assert minires.gradcheck(lambda inp, *_: block(inp), [x, *block.parameters()], seed=15, atol=1e-6, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------
+# The fused forward (training mode, nothing watching) is the textbook forward
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls, in_planes, planes, stride, kwargs", GRADCHECK_CASES)
+def test_fused_forward_equals_the_layer_by_layer_forward(cls, in_planes, planes, stride, kwargs):
+    """Same output, input and parameter gradients and running statistics, fused or not (float64).
+
+    A registered tap makes a block run its layers one by one (the taps need
+    F(x) and s(x) as tensors); without one, training mode runs each BN + ReLU
+    (+ addition) as one BatchNormReLUTrain.
+    """
+    rng = np.random.default_rng(21)
+    x_data = rng.standard_normal((3, in_planes, 5, 5))
+    runs = []
+    for fused in (True, False):
+        block = _randomise(cls(in_planes, planes, stride=stride, **kwargs).double(), 20).train()
+        if not fused:
+            block.add_tap(lambda *args: None)
+        x = minires.Tensor(x_data, requires_grad=True)
+        y = block(x)
+        assert (y._ctx.fn.__name__ == "BatchNormReLUTrain") == fused
+        y.backward(minires.Tensor(np.random.default_rng(22).standard_normal(y.shape)))
+        runs.append((y.data, x.grad, [p.grad for p in block.parameters()], [b.copy() for b in block.buffers()]))
+    (y1, gx1, gp1, b1), (y2, gx2, gp2, b2) = runs
+    np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx1, gx2, rtol=1e-9, atol=1e-12)
+    for a, b in zip(gp1 + b1, gp2 + b2):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_eval_mode_and_forward_hooks_take_the_layer_by_layer_path():
+    block = _randomise(BasicBlock(3, 3).double(), 23)
+    x = minires.Tensor(np.random.default_rng(24).standard_normal((2, 3, 4, 4)), requires_grad=True)
+    assert block.eval()(x)._ctx.fn.__name__ == "ReLUFunction"
+    assert block.train()(x)._ctx.fn.__name__ == "BatchNormReLUTrain"
+    seen = []
+    block.relu.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    block(x)
+    assert len(seen) == 2  # the block's ReLU module ran twice (after bn1, after the addition): not fused
+
+
+def test_only_stock_batch_norms_are_fused():
+    """A replaced BN (diagnostics swap in Identity) or a subclass with its own forward runs layer by layer."""
+    from minires.models.blocks import fusable_batch_norm
+
+    class Scaled(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    class Renamed(nn.BatchNorm2d):
+        pass
+
+    assert fusable_batch_norm(nn.BatchNorm2d(3)) and fusable_batch_norm(Renamed(3))
+    assert not fusable_batch_norm(Scaled(3)) and not fusable_batch_norm(nn.Identity())
+    x = minires.Tensor(np.random.default_rng(25).standard_normal((2, 3, 4, 4)).astype(np.float32), requires_grad=True)
+    block = BasicBlock(3, 3).train()
+    block.bn2 = Scaled(3)
+    y = block(x)
+    assert y._ctx.fn.__name__ == "ReLUFunction"
+    unfused = block.relu(block._branch(x) + x)  # the textbook formula with the subclass's forward
+    np.testing.assert_allclose(y.data, unfused.data, rtol=1e-5, atol=1e-6)

@@ -323,3 +323,23 @@ def test_float64_model_keeps_float64():
     model = models.resnet_cifar(8, width=4).double()
     y = model(minires.Tensor(np.zeros((2, 3, 8, 8))))
     assert y.dtype == np.float64
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_fused_training_forward_equals_the_layer_by_layer_one(plain):
+    """The whole network, stem included: fused (nothing watching) vs layer by layer (hooks and taps), float64."""
+    build = models.plain_cifar if plain else models.resnet_cifar
+    x_data = np.random.default_rng(31).standard_normal((3, 3, 8, 8))
+    runs = []
+    for fused in (True, False):
+        model = build(8, width=4, seed=30).double().train()
+        if not fused:
+            model.relu.register_forward_hook(lambda *args: None)
+            for _, block in model.blocks():
+                block.add_tap(lambda *args: None)
+        x = minires.Tensor(x_data, requires_grad=True)
+        logits = model(x)
+        logits.backward(minires.Tensor(np.random.default_rng(32).standard_normal(logits.shape)))
+        runs.append((logits.data, x.grad, [p.grad for p in model.parameters()], [b.copy() for b in model.buffers()]))
+    for a, b in zip(runs[0][:2] + tuple(runs[0][2] + runs[0][3]), runs[1][:2] + tuple(runs[1][2] + runs[1][3])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)

@@ -9,6 +9,7 @@ Each is a :class:`~minires.Function` wrapping a hand-written kernel from
     adaptive_avg_pool2d              pooling (adaptive: global average only)
     linear, flatten                  the classifier head
     batch_norm                       batch normalisation
+    batch_norm_relu                  relu(batch_norm(x) + residual), fused (training)
     cross_entropy, accuracy          the loss, and a metric
 """
 
@@ -16,7 +17,7 @@ from .activation import relu
 from .conv import col2im, conv2d, im2col
 from .linear import flatten, linear
 from .loss import accuracy, cross_entropy
-from .normalization import batch_norm
+from .normalization import batch_norm, batch_norm_relu
 from .pooling import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "linear",
     "flatten",
     "batch_norm",
+    "batch_norm_relu",
     "cross_entropy",
     "accuracy",
 ]
