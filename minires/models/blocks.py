@@ -86,18 +86,23 @@ class Block(nn.Module):
 
     def _fuse(self) -> bool:
         """True when the fused forward may run: training mode, and nothing watches the intermediate tensors."""
-        if not self.training or self._taps or self.relu._forward_hooks:
+        if not self.training or self._taps:
             return False
-        return all(fusable_batch_norm(getattr(self, name)) for name in self._bn_names)
+        return all(can_fuse(getattr(self, name), self.relu) for name in self._bn_names)
 
 
-def fusable_batch_norm(module: nn.Module) -> bool:
-    """True for a stock BatchNorm2d, whose ``fused_relu`` computes exactly ``relu(module(x) + r)``.
+def can_fuse(bn: nn.Module, relu: nn.Module) -> bool:
+    """True when ``relu(bn(z) + r)`` may run as ``bn.fused_relu(z, r)``: a stock BatchNorm2d and a stock ReLU.
 
-    Not for a replacement (the diagnostics swap BNs for ``Identity``) or a
-    subclass with its own ``forward``, which the fused Function would bypass.
+    Not for replacements (the diagnostics swap BNs for ``Identity``; an
+    experiment may swap the activation) or subclasses with their own
+    ``forward``, which the fused Function would bypass, nor for a ReLU with
+    forward hooks, which must see its output as a tensor of its own.
     """
-    return isinstance(module, nn.BatchNorm2d) and type(module).forward is nn.BatchNorm2d.forward
+    def stock(module: nn.Module, cls: type) -> bool:
+        return isinstance(module, cls) and type(module).forward is cls.forward
+
+    return stock(bn, nn.BatchNorm2d) and stock(relu, nn.ReLU) and not relu._forward_hooks
 
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:

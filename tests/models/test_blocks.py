@@ -370,9 +370,10 @@ def test_eval_mode_and_forward_hooks_take_the_layer_by_layer_path():
     assert len(seen) == 2  # the block's ReLU module ran twice (after bn1, after the addition): not fused
 
 
-def test_only_stock_batch_norms_are_fused():
-    """A replaced BN (diagnostics swap in Identity) or a subclass with its own forward runs layer by layer."""
-    from minires.models.blocks import fusable_batch_norm
+def test_only_stock_batch_norms_and_relus_are_fused():
+    """A replaced BN (diagnostics swap in Identity), another activation, or a subclass with its own forward
+    runs layer by layer."""
+    from minires.models.blocks import can_fuse
 
     class Scaled(nn.BatchNorm2d):
         def forward(self, x):
@@ -381,12 +382,18 @@ def test_only_stock_batch_norms_are_fused():
     class Renamed(nn.BatchNorm2d):
         pass
 
-    assert fusable_batch_norm(nn.BatchNorm2d(3)) and fusable_batch_norm(Renamed(3))
-    assert not fusable_batch_norm(Scaled(3)) and not fusable_batch_norm(nn.Identity())
+    class Leaky(nn.ReLU):
+        def forward(self, x):
+            return nn.functional.relu(x) - 0.1 * nn.functional.relu(-x)
+
+    assert can_fuse(nn.BatchNorm2d(3), nn.ReLU()) and can_fuse(Renamed(3), nn.ReLU())
+    assert not can_fuse(Scaled(3), nn.ReLU()) and not can_fuse(nn.Identity(), nn.ReLU())
+    assert not can_fuse(nn.BatchNorm2d(3), Leaky()) and not can_fuse(nn.BatchNorm2d(3), nn.Identity())
     x = minires.Tensor(np.random.default_rng(25).standard_normal((2, 3, 4, 4)).astype(np.float32), requires_grad=True)
-    block = BasicBlock(3, 3).train()
-    block.bn2 = Scaled(3)
-    y = block(x)
-    assert y._ctx.fn.__name__ == "ReLUFunction"
-    unfused = block.relu(block._branch(x) + x)  # the textbook formula with the subclass's forward
-    np.testing.assert_allclose(y.data, unfused.data, rtol=1e-5, atol=1e-6)
+    for attribute, replacement in (("bn2", Scaled(3)), ("relu", Leaky())):
+        block = BasicBlock(3, 3).train()
+        setattr(block, attribute, replacement)
+        y = block(x)
+        assert y._ctx.fn.__name__ != "BatchNormReLUTrain"
+        textbook = block.relu(block._branch(x) + x)  # the formula with the replacement's forward
+        np.testing.assert_allclose(y.data, textbook.data, rtol=1e-5, atol=1e-6)
