@@ -731,7 +731,8 @@ def conv2d_backward(
     w_from_g = need_w and need_x and unit_stride
 
     def work(starts: list[int]) -> Any:
-        g_buf = _workspace(xp, ("rows", 2), (nb * ho * wo * c_out,), dtype)  # g as (rows, C_out), rows (h, n, w)
+        if not (need_x and unit_stride):  # g as (rows, C_out), rows (h, n, w), for the products below
+            g_buf = _workspace(xp, ("rows", 2), (nb * ho * wo * c_out,), dtype)
         if w_from_g:
             x_buf = _workspace(xp, ("rows", 3), (nb * h * w * c,), dtype)  # x as (rows, C), rows (h, n, w)
             grad_w_taps = xp.zeros((kh, c, kw * c_out), dtype=dtype)  # this thread's share
@@ -751,7 +752,7 @@ def conv2d_backward(
             m = min(nb, n - n0)
             rows = m * ho * wo
             g_chunk = grad_out[n0 : n0 + m]
-            if not (need_x and unit_stride) or (need_w and not w_from_g):
+            if not (need_x and unit_stride):
                 g_rows = g_buf[: rows * c_out].reshape(rows, c_out)
                 g_rows.reshape(ho, m, wo, c_out)[...] = g_chunk.transpose(2, 0, 3, 1)
             if need_w and not w_from_g:

@@ -95,12 +95,12 @@ def can_fuse(bn: nn.Module, relu: nn.Module) -> bool:
     """True when ``relu(bn(z) + r)`` may run as ``bn.fused_relu(z, r)``: a stock BatchNorm2d and a stock ReLU.
 
     Not for replacements (the diagnostics swap BNs for ``Identity``; an
-    experiment may swap the activation) or subclasses with their own
-    ``forward``, which the fused Function would bypass, nor for a ReLU with
-    forward hooks, which must see its output as a tensor of its own.
+    experiment may swap the activation), subclasses or instances with their
+    own ``forward``, which the fused Function would bypass, nor for a ReLU
+    with forward hooks, which must see its output as a tensor of its own.
     """
     def stock(module: nn.Module, cls: type) -> bool:
-        return isinstance(module, cls) and type(module).forward is cls.forward
+        return isinstance(module, cls) and type(module).forward is cls.forward and "forward" not in vars(module)
 
     return stock(bn, nn.BatchNorm2d) and stock(relu, nn.ReLU) and not relu._forward_hooks
 

@@ -98,7 +98,7 @@ class _BatchNorm(Module):
     def forward(self, x):
         """Normalise ``x``; shape unchanged (see the subclasses for the accepted shapes)."""
         momentum, use_batch_stats, track = self._prepare(x)
-        return F.batch_norm(
+        y = F.batch_norm(
             x,
             self.running_mean if track else None,
             self.running_var if track else None,
@@ -108,6 +108,8 @@ class _BatchNorm(Module):
             momentum,
             self.eps,
         )
+        self._count_batch()
+        return y
 
     def fused_relu(self, x, residual=None):
         """``relu(self(x) + residual)`` (residual optional), as one fused Function in training mode.
@@ -121,7 +123,7 @@ class _BatchNorm(Module):
             out = self(x)
             return F.relu(out if residual is None else out + residual)
         momentum, _, track = self._prepare(x)
-        return F.batch_norm_relu(
+        y = F.batch_norm_relu(
             x,
             self.running_mean if track else None,
             self.running_var if track else None,
@@ -131,9 +133,15 @@ class _BatchNorm(Module):
             self.eps,
             residual=residual,
         )
+        self._count_batch()
+        return y
 
     def _prepare(self, x) -> tuple:
-        """Check x and count the batch: ``(momentum, use_batch_stats, track)`` for the functional call."""
+        """Check x: ``(momentum, use_batch_stats, track)`` for the functional call.
+
+        The batch is counted (:meth:`_count_batch`) only after that call has
+        succeeded, so an input the functional refuses leaves the module as it was.
+        """
         self._check_input_dim(x)
         if x.shape[1] != self.num_features:
             raise ValueError(
@@ -141,11 +149,8 @@ class _BatchNorm(Module):
                 f"(shape {tuple(x.shape)})"
             )
         momentum = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
-            # In place, so the array object registered as the buffer stays the same.
-            self.num_batches_tracked += 1
-            if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
+        if self.training and self.track_running_stats and self.momentum is None:
+            momentum = 1.0 / float(int(self.num_batches_tracked) + 1)  # this batch included
         # Batch statistics in training, and also in eval when there are no
         # running statistics to use (track_running_stats=False).
         use_batch_stats = self.training or self.running_mean is None
@@ -160,6 +165,11 @@ class _BatchNorm(Module):
         # Running statistics are only passed when they are to be used or updated.
         track = not self.training or self.track_running_stats
         return momentum, use_batch_stats, track
+
+    def _count_batch(self) -> None:
+        if self.training and self.track_running_stats:
+            # In place, so the array object registered as the buffer stays the same.
+            self.num_batches_tracked += 1
 
     def extra_repr(self) -> str:
         return (

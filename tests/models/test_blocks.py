@@ -389,6 +389,9 @@ def test_only_stock_batch_norms_and_relus_are_fused():
     assert can_fuse(nn.BatchNorm2d(3), nn.ReLU()) and can_fuse(Renamed(3), nn.ReLU())
     assert not can_fuse(Scaled(3), nn.ReLU()) and not can_fuse(nn.Identity(), nn.ReLU())
     assert not can_fuse(nn.BatchNorm2d(3), Leaky()) and not can_fuse(nn.BatchNorm2d(3), nn.Identity())
+    patched = nn.BatchNorm2d(3)
+    patched.forward = lambda x: x  # an instance's own forward, too
+    assert not can_fuse(patched, nn.ReLU())
     x = minires.Tensor(np.random.default_rng(25).standard_normal((2, 3, 4, 4)).astype(np.float32), requires_grad=True)
     for attribute, replacement in (("bn2", Scaled(3)), ("relu", Leaky())):
         block = BasicBlock(3, 3).train()

@@ -151,3 +151,26 @@ def test_module_fused_relu_runs_forward_hooks_by_not_fusing():
     y = bn.fused_relu(x)
     assert len(seen) == 1  # the hook saw the batch norm's own output, before the ReLU
     np.testing.assert_array_equal(y.data, np.maximum(seen[0].data, 0))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_a_refused_input_does_not_count_a_batch(momentum):
+    """num_batches_tracked counts only batches that were normalised (it sets momentum=None's average)."""
+    bn = nn.BatchNorm2d(3, momentum=momentum).to(dtype=np.float64)
+    x = Tensor(np.random.default_rng(1).standard_normal((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match="residual has shape"):
+        bn.fused_relu(x, residual=Tensor(np.zeros((2, 3, 4, 5))))
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        bn(Tensor(np.zeros((1, 3, 1, 1))))
+    assert int(bn.num_batches_tracked) == 0
+    np.testing.assert_array_equal(bn.running_mean, np.zeros(3))
+    bn.fused_relu(x)
+    bn(x)
+    assert int(bn.num_batches_tracked) == 2
+    if momentum is None:  # cumulative average of the two batches' means (the same x twice)
+        np.testing.assert_allclose(bn.running_mean, x.data.mean(axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_errors_name_the_function_called():
+    with pytest.raises(TypeError, match="batch_norm_relu needs a floating-point x"):
+        batch_norm_relu(Tensor(np.zeros((2, 3), dtype=np.int64)), None, None)

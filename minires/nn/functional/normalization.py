@@ -201,25 +201,30 @@ def _param(value: Any, name: str, x: Tensor, channels: int) -> Tensor | None:
     return value
 
 
-def _check_arguments(x: Any, running_mean: Any, running_var: Any, training: bool, momentum: Any, eps: Any) -> tuple:
-    """Checks shared by batch_norm and batch_norm_relu: ``(x as a Tensor, running mean array, running var array)``."""
+def _check_arguments(
+    x: Any, running_mean: Any, running_var: Any, training: bool, momentum: Any, eps: Any, name: str = "batch_norm"
+) -> tuple:
+    """Checks shared by batch_norm and batch_norm_relu (``name``, for the messages).
+
+    Returns ``(x as a Tensor, running mean array, running var array)``.
+    """
     if not isinstance(x, Tensor):
         x = Tensor(x)
     if x.dtype.kind != "f":
-        raise TypeError(f"batch_norm needs a floating-point x, got dtype {x.dtype}")
+        raise TypeError(f"{name} needs a floating-point x, got dtype {x.dtype}")
     if x.ndim not in (2, 3, 4):
         raise ValueError(
-            f"batch_norm expects x of shape (N, C), (N, C, L) or (N, C, H, W); got {x.ndim}-D shape {x.shape}"
+            f"{name} expects x of shape (N, C), (N, C, L) or (N, C, H, W); got {x.ndim}-D shape {x.shape}"
         )
     n, channels = x.shape[0], x.shape[1]
     if n == 0 or channels == 0:
-        raise ValueError(f"batch_norm got an empty input of shape {x.shape}")
+        raise ValueError(f"{name} got an empty input of shape {x.shape}")
     count = x.size // channels
     if training and count <= 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
     if momentum is None:
         raise NotImplementedError(
-            "momentum=None (cumulative moving average) is not supported by batch_norm; pass a float "
+            f"momentum=None (cumulative moving average) is not supported by {name}; pass a float "
             "(BatchNorm2d(momentum=None) implements it by passing 1 / num_batches_tracked)"
         )
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
@@ -319,7 +324,7 @@ def batch_norm_relu(
         A Tensor with x's shape and dtype; the same values, and gradients, as
         ``relu(batch_norm(x, ..., training=True) + residual)``.
     """
-    x, r_mean, r_var = _check_arguments(x, running_mean, running_var, True, momentum, eps)
+    x, r_mean, r_var = _check_arguments(x, running_mean, running_var, True, momentum, eps, name="batch_norm_relu")
     channels = x.shape[1]
     w = _param(weight, "weight", x, channels)
     b = _param(bias, "bias", x, channels)
