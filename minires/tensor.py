@@ -35,6 +35,7 @@ import numpy as np
 
 from . import backend
 from .backend import Device, DeviceError
+from .kernels.aligned import empty_aligned_like
 
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "tensor"]
 
@@ -399,6 +400,19 @@ def _as_array(a: Any) -> Any:
     return np.asarray(a) if isinstance(a, np.generic) else a
 
 
+def _sum_of_gradients(a: Any, b: Any) -> Any:
+    """``a + b`` in a new array: not ``a += b``, as either may alias an array a Function still owns.
+
+    The new array takes a's memory layout and, on the CPU, starts a memory
+    page like the kernels' own arrays (see :mod:`minires.kernels.aligned`):
+    a residual block's input gradient is such a sum, and the batch norm
+    backward that reads it next runs at full speed only then.
+    """
+    if backend.get_array_module(a, b) is not np or a.shape != b.shape:
+        return a + b
+    return np.add(a, b, out=empty_aligned_like(a))
+
+
 def _run_backward(root: Tensor, seed: Any, retain_graph: bool) -> None:
     order = _topological_order(root)
     # Gradients waiting to be delivered, keyed by tensor identity. A tensor used
@@ -452,8 +466,7 @@ def _run_backward(root: Tensor, seed: Any, retain_graph: bool) -> None:
                     # float32 like x (as in PyTorch), or an SGD step would silently promote the weights.
                     g = g.astype(inp.dtype)
                 key = id(inp)
-                # Not `+=`: g may alias an array the Function still owns.
-                pending[key] = g if key not in pending else pending[key] + g
+                pending[key] = g if key not in pending else _sum_of_gradients(pending[key], g)
             if not retain_graph:
                 ctx.release()
 

@@ -34,6 +34,26 @@ def test_diamond_gradients_sum(rng):
     np.testing.assert_allclose(a.grad, g * x_np, rtol=1e-12)
 
 
+def test_diamond_sum_is_a_new_page_aligned_array_in_the_first_gradients_layout(rng):
+    """The summed gradient of a residual block's input: right values, a fresh array (neither
+    contribution is modified), starting a memory page and keeping the channels-last layout."""
+    from minires.kernels.aligned import PAGE_BYTES
+    from minires.kernels.conv import empty_channels_last, is_channels_last
+
+    x_np, a_np, g = (empty_channels_last(np, (2, 3, 4, 5), np.float64) for _ in range(3))
+    for array in (x_np, a_np, g):
+        array[...] = rng.standard_normal(array.shape)
+    x = Tensor(x_np, requires_grad=True)
+    h = x * 1.0  # an intermediate, so that a hook sees the summed gradient
+    seen = []
+    h.register_hook(lambda grad: seen.append(grad.data))
+    (h * Tensor(a_np) + h.exp()).backward(g)
+    (summed,) = seen
+    np.testing.assert_allclose(summed, g * a_np + g * np.exp(x_np), rtol=1e-12)
+    assert summed.__array_interface__["data"][0] % PAGE_BYTES == 0
+    assert is_channels_last(summed)
+
+
 def test_tensor_used_twice_in_one_op():
     """y = x * x uses the same tensor for both inputs: dy/dx = 2x."""
     x = Tensor(np.array([1.5, -2.0, 3.0]), requires_grad=True)

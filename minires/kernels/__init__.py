@@ -10,6 +10,7 @@ other and against PyTorch):
     pooling        max / average / global-average pooling
     batch_norm     batch normalisation
     cross_entropy  softmax cross-entropy
+    aligned        page-aligned arrays: why a buffer's address changes the speed of a copy
 
 :mod:`minires.nn.functional` wraps these in :class:`~minires.Function` classes.
 """

@@ -125,6 +125,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..backend import get_array_module
+from .aligned import empty_aligned
 from .conv import run_chunks
 
 __all__ = [
@@ -378,7 +379,7 @@ def _train_forward(x: Any, weight: Any, bias: Any, eps: float, residual: Any = N
 
     mean = (_fold(sum(_over_slices(xp, n, row_bytes, column_sums, x.size)), c, cl) / m).astype(dtype)
     mean_row = _row(mean, length, dtype, cl)
-    y2 = xp.empty_like(x2)
+    y2 = empty_aligned(xp, x2.shape, dtype)  # (see .aligned: the slices of x2 start pages too)
 
     def centre(slices: list) -> Any:
         sum_sq = xp.zeros(k, dtype=dtype)
@@ -486,7 +487,7 @@ def _train_backward(
     x2 = _as_rows(x, cl)
     g2 = _as_rows(grad, cl)  # in x's memory order (a copy only if grad's differs)
     y2 = None if relu_out is None else _as_rows(relu_out, cl)
-    dz2 = None if y2 is None else xp.empty(x2.shape, dtype=x2.dtype)
+    dz2 = None if y2 is None else empty_aligned(xp, x2.shape, x2.dtype)
     n, k = x2.shape
     c = x.shape[1]
     length = k // c
@@ -501,7 +502,7 @@ def _train_backward(
         # Both sums from each slice while it is in cache. The centred values
         # go to a small scratch buffer, not to memory: pass 2 recomputes them,
         # which is cheaper than writing and re-reading a full-size array.
-        scratch = xp.empty((rows_per_slice, k), dtype=dtype)
+        scratch = empty_aligned(xp, (rows_per_slice, k), dtype)
         sum_g_cols = xp.zeros(k, dtype=dtype)
         dot_cols = xp.zeros(k, dtype=dtype)
         for sl in slices:
@@ -533,10 +534,10 @@ def _train_backward(
 
     # dx may overwrite the gated gradient in place when nobody keeps it:
     # each slice reads its g before writing dx (scaled_g first).
-    dx2 = dz2 if (dz2 is not None and not keep_dz) else xp.empty((n, k), dtype=dtype)
+    dx2 = dz2 if (dz2 is not None and not keep_dz) else empty_aligned(xp, (n, k), dtype)
 
     def input_gradient(slices: list) -> None:  # pass 2: dx = b * (x - mean) + a * g + c
-        scratch = xp.empty((rows_per_slice, k), dtype=dtype)
+        scratch = empty_aligned(xp, (rows_per_slice, k), dtype)
         for sl in slices:
             scaled_g = scratch[: sl.stop - sl.start]
             xp.multiply(g2[sl], a_row, out=scaled_g)

@@ -112,6 +112,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence
 
 from ..backend import get_array_module
+from .aligned import empty_aligned, zeros_aligned
 from .im2col import col2im, im2col, output_hw
 
 __all__ = [
@@ -204,10 +205,11 @@ def empty_channels_last(xp: Any, shape: Sequence[int], dtype: Any) -> Any:
     The memory is a C-contiguous (N, H, W, C) buffer; the returned array is
     its ``transpose(0, 3, 1, 2)`` view, so ``a[n, c, h, w]`` indexes as usual
     while the C values of each pixel are adjacent in memory (PyTorch's
-    ``torch.channels_last``).
+    ``torch.channels_last``). The buffer starts a memory page (see
+    :mod:`.aligned`).
     """
     n, c, h, w = shape
-    return xp.empty((n, h, w, c), dtype=dtype).transpose(0, 3, 1, 2)
+    return empty_aligned(xp, (n, h, w, c), dtype).transpose(0, 3, 1, 2)
 
 
 def is_channels_last(a: Any) -> bool:
@@ -350,7 +352,7 @@ def _workspace(xp: Any, key: tuple, shape: tuple, dtype: Any, zeroed: bool = Fal
     one staying zero (the border of a padded image) must never write there,
     and must put everything that decides WHERE they write into ``key``. Only
     NumPy buffers are kept: on the GPU this allocates afresh (CuPy has its
-    own memory pool).
+    own memory pool). Buffers start a memory page (see :mod:`.aligned`).
     """
     if xp.__name__ != "numpy":
         return (xp.zeros if zeroed else xp.empty)(shape, dtype=dtype)
@@ -360,7 +362,7 @@ def _workspace(xp: Any, key: tuple, shape: tuple, dtype: Any, zeroed: bool = Fal
     full_key = (key, tuple(shape), xp.dtype(dtype).str, zeroed)
     buf = cache.get(full_key)
     if buf is None:
-        buf = cache[full_key] = (xp.zeros if zeroed else xp.empty)(shape, dtype=dtype)
+        buf = cache[full_key] = (zeros_aligned if zeroed else empty_aligned)(xp, shape, dtype)
         while len(cache) > _WORKSPACE_ENTRIES:
             cache.popitem(last=False)
     else:
