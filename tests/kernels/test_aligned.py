@@ -45,3 +45,25 @@ def test_kernel_outputs_and_scratch_buffers_start_a_page(rng):
     assert address(out) % PAGE_BYTES == 0
     dx, _, _, _ = BN._train_backward(rng.standard_normal(y.shape).astype(np.float32), y, mean, inv_std, None, True, relu_out=out)
     assert address(dx) % PAGE_BYTES == 0
+
+
+def test_other_array_modules_get_their_own_empty_and_zeros():
+    """On CuPy (any module but NumPy) the helpers hand over to the module's own allocation, untouched."""
+    calls = []
+
+    class FakeCupy:
+        __name__ = "cupy"
+
+        @staticmethod
+        def empty(shape, dtype=None):
+            calls.append(("empty", shape, dtype))
+            return "from empty"
+
+        @staticmethod
+        def zeros(shape, dtype=None):
+            calls.append(("zeros", shape, dtype))
+            return "from zeros"
+
+    assert empty_aligned(FakeCupy, (2, 3), np.float32) == "from empty"
+    assert zeros_aligned(FakeCupy, (4,), np.float64) == "from zeros"
+    assert calls == [("empty", (2, 3), np.float32), ("zeros", (4,), np.float64)]
