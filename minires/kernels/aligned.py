@@ -20,9 +20,9 @@ arrays ran at 7-8 billion elements per second when all three started at the
 same offset in a page, and at about 3 when they sat 16 and 32 bytes apart;
 the backward pass of a 32-channel 16x16 convolution (batch 128, one thread)
 took 10.9-11.3 ms with its scratch buffers page-aligned and 11.9-12.3 ms with
-them where ``malloc`` put them (same code). A whole ResNet-20
-training step on one thread: 574-578 ms against 601-625 ms (fastest steps of
-three runs each).
+them where ``malloc`` put them (same code). A whole ResNet-20 training step
+on one thread: 574-578 ms against 601-625 ms (fastest steps of three runs
+each).
 
 The kernels therefore allocate their scratch buffers and the large arrays
 they return at the start of a page, and the autograd engine does the same
@@ -51,7 +51,7 @@ def empty_aligned(xp: Any, shape: Sequence[int] | int, dtype: Any) -> Any:
     if xp.__name__ != "numpy":
         return xp.empty(shape, dtype=dtype)
     dtype = xp.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    shape = (int(shape),) if isinstance(shape, (int, xp.integer)) else tuple(int(s) for s in shape)
     count = 1
     for size in shape:
         count *= size

@@ -379,7 +379,7 @@ def _train_forward(x: Any, weight: Any, bias: Any, eps: float, residual: Any = N
 
     mean = (_fold(sum(_over_slices(xp, n, row_bytes, column_sums, x.size)), c, cl) / m).astype(dtype)
     mean_row = _row(mean, length, dtype, cl)
-    y2 = empty_aligned(xp, x2.shape, dtype)  # (see .aligned: the slices of x2 start pages too)
+    y2 = empty_aligned(xp, x2.shape, dtype)  # starts a memory page (see .aligned)
 
     def centre(slices: list) -> Any:
         sum_sq = xp.zeros(k, dtype=dtype)

@@ -14,12 +14,12 @@ def address(a):
     return a.__array_interface__["data"][0]
 
 
-@pytest.mark.parametrize("shape", [(0,), (1,), (3, 5), (7, 3, 2, 5), 1000])
+@pytest.mark.parametrize("shape", [(0,), (1,), (3, 5), (7, 3, 2, 5), 1000, np.int64(12)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint8])
 def test_arrays_start_a_page_and_are_ordinary_arrays(shape, dtype):
     for make in (empty_aligned, zeros_aligned):
         a = make(np, shape, dtype)
-        expected_shape = (shape,) if isinstance(shape, int) else shape
+        expected_shape = (int(shape),) if np.ndim(shape) == 0 else shape
         assert a.shape == expected_shape and a.dtype == np.dtype(dtype)
         assert a.flags.c_contiguous and a.flags.writeable
         if a.size:
