@@ -31,6 +31,7 @@ size just before the first step is reported too ("before").
     python benchmarks/bench_train_step.py --models 20 --steps 15
     python benchmarks/bench_train_step.py --profile ops         # where minires' step time goes
     python benchmarks/bench_train_step.py --profile cprofile    # the same, by Python function
+    python benchmarks/bench_train_step.py --profile threads     # how the kernel threads share the step
 """
 
 from __future__ import annotations
@@ -253,6 +254,107 @@ def profile_ops(step: Callable[[], float], steps: int) -> None:
         print(f"{name:<28} {kind:<9} {calls:>5} {seconds * 1e3:>8.1f} {seconds / wall:>6.1%}")
 
 
+def profile_threads(step: Callable[[], float], steps: int) -> None:
+    """Time every parallel region of the step and what each kernel thread does in it.
+
+    The kernels share their work among threads through ONE function,
+    :func:`minires.kernels.conv.run_chunks` (a "region": the caller hands
+    each worker its chunks, works on its own share, then waits for the
+    workers). This wraps it, for the duration of the profile, and records per
+    region its wall time and, per thread, when it started working and for
+    how long. What the summary means:
+
+    * busy, summed: the work of all threads. Compare it with the same line
+      of a ``--threads 1`` run: the difference is what sharing costs (on
+      CPython mostly the GIL, which every NumPy call takes back when it
+      returns, so a thread may wait for the other to let it go).
+    * imbalance: per region, how much longer the busiest thread worked than
+      the least busy one; the caller's share of the region ends only then.
+    * late start: per region, how long after the region began the last
+      thread started working (waking a sleeping thread is not free).
+    * a perfect split: busy / threads for the regions, plus everything that
+      runs on one thread anyway. The best these threads could do.
+    """
+    import threading
+
+    from minires.kernels import batch_norm, conv, relu
+
+    original = conv.run_chunks
+    users = [m for m in (conv, batch_norm, relu) if getattr(m, "run_chunks", None) is original]
+    regions: list[tuple[float, list[tuple[float, float]]]] = []  # (wall, [(start offset, busy) per thread])
+
+    def traced(xp, n_items, chunk, work, flops=0):
+        begin = time.perf_counter()
+        spans: list[tuple[float, float]] = []
+        lock = threading.Lock()
+
+        def timed_work(starts):
+            start = time.perf_counter()
+            try:
+                return work(starts)
+            finally:
+                with lock:
+                    spans.append((start - begin, time.perf_counter() - start))
+
+        try:
+            return original(xp, n_items, chunk, timed_work, flops)
+        finally:
+            regions.append((time.perf_counter() - begin, spans))
+
+    for module in users:
+        module.run_chunks = traced
+    walls, summaries = [], []
+    try:
+        step()  # warm-up
+        for _ in range(steps):
+            regions.clear()
+            walls.append(timed(step))
+            summaries.append(_summarise_regions(regions, walls[-1]))
+    finally:
+        for module in users:
+            module.run_chunks = original
+    threads = max((s["threads"] for s in summaries), default=1)
+    rows = [
+        ("step", "step"),
+        (f"parallel regions ({summaries[0]['parallel']} per step): wall", "parallel_wall"),
+        ("  threads' busy time, summed", "busy"),
+        ("  imbalance (busiest minus least busy thread), summed", "imbalance"),
+        ("  late start of the last thread, summed", "late"),
+        (f"regions run by the caller alone ({summaries[0]['serial']} per step: one thread, or too little work)",
+         "serial_wall"),
+        ("outside every region (autograd, optimizer, small ops, Python)", "outside"),
+        (f"step with a perfect split of the busy time (busy / {threads} + the rest)", "perfect"),
+    ]
+    print(f"minires step with {threads} kernel thread(s), ms per step: median and fastest of {steps} steps")
+    print(f"{'':<82} {'ms':>7} {'fastest':>9}")
+    for label, key in rows:
+        values = [s[key] * 1e3 for s in summaries]
+        print(f"{label:<82} {statistics.median(values):>7.1f} {min(values):>9.1f}")
+
+
+def _summarise_regions(regions: list, wall: float) -> dict:
+    """One step's regions (see :func:`profile_threads`) as the totals it prints, in seconds."""
+    parallel = [(w, spans) for w, spans in regions if len(spans) > 1]
+    serial_wall = sum(w for w, spans in regions if len(spans) <= 1)
+    parallel_wall = sum(w for w, _ in parallel)
+    busy = sum(b for _, spans in parallel for _, b in spans)
+    threads = max((len(spans) for _, spans in parallel), default=1)
+    outside = wall - parallel_wall - serial_wall
+    return {
+        "step": wall,
+        "parallel": len(parallel),
+        "serial": len(regions) - len(parallel),
+        "threads": threads,
+        "parallel_wall": parallel_wall,
+        "busy": busy,
+        "imbalance": sum(max(b for _, b in spans) - min(b for _, b in spans) for _, spans in parallel),
+        "late": sum(max(s for s, _ in spans) for _, spans in parallel),
+        "serial_wall": serial_wall,
+        "outside": outside,
+        "perfect": busy / threads + serial_wall + outside,
+    }
+
+
 def profile_cprofile(step: Callable[[], float], steps: int) -> None:
     step()
     profiler = cProfile.Profile()
@@ -294,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-steps", type=int, default=3, help="steps in each memory process")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--no-torch", action="store_true", help="time minires alone")
-    parser.add_argument("--profile", choices=["ops", "cprofile"], help="profile minires' step instead")
+    parser.add_argument("--profile", choices=["ops", "cprofile", "threads"],
+                        help="profile minires' step instead: by op, by Python function, or its parallel regions")
     parser.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
                         help="keep: minires.allocator.keep_freed_memory(), as Trainer does (default); glibc: its defaults")
     parser.add_argument("--child", choices=["minires", "torch"], help=argparse.SUPPRESS)
@@ -316,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         for depth in depths:
             step, _ = minires_step(depth, args.batch, args.malloc == "keep")
             print(f"== resnet{depth}, batch {args.batch}")
-            (profile_ops if args.profile == "ops" else profile_cprofile)(step, args.steps)
+            profiler = {"ops": profile_ops, "cprofile": profile_cprofile, "threads": profile_threads}[args.profile]
+            profiler(step, args.steps)
         return 0
 
     use_torch = not args.no_torch
