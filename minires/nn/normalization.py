@@ -24,6 +24,7 @@ nonsense. The first such call warns.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -35,6 +36,11 @@ from .module import Module
 from .parameter import Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
+
+
+def _is_real(value: Any) -> bool:
+    """A real number, bool excluded (True would otherwise pass as 1)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class _BatchNorm(Module):
@@ -51,10 +57,10 @@ class _BatchNorm(Module):
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, (int, np.integer)) or num_features < 1:
             raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        if momentum is not None and not 0 <= momentum <= 1:
-            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum!r}")
+        if not _is_real(eps) or not eps > 0:
+            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        if momentum is not None and (not _is_real(momentum) or not 0 <= momentum <= 1):
+            raise ValueError(f"momentum must be a number in [0, 1] or None, got {momentum!r}")
         self.num_features = int(num_features)
         self.eps = eps
         self.momentum = momentum

@@ -309,6 +309,18 @@ def test_integer_input_is_an_error():
         batch_norm(Tensor(np.ones((2, 3), np.int64)), None, None, None, None, True)
 
 
+def test_float16_input_is_an_error_and_leaves_the_running_stats_alone():
+    # Summed in float16, 400 values near 200 overflow (65504) and would write inf into the running stats.
+    from minires.nn.functional.normalization import batch_norm_relu
+
+    x = Tensor((np.random.default_rng(0).standard_normal((400, 2, 2, 2)) + 200).astype(np.float16))
+    rm, rv = np.zeros(2, np.float16), np.ones(2, np.float16)
+    for call in (lambda: batch_norm(x, rm, rv, None, None, True), lambda: batch_norm_relu(x, rm, rv)):
+        with pytest.raises(TypeError, match="supports float32 and float64 x, got float16"):
+            call()
+    assert rm.tolist() == [0, 0] and rv.tolist() == [1, 1]
+
+
 def test_read_only_running_stats_in_training_is_an_error():
     rm = np.zeros(3)
     rm.flags.writeable = False

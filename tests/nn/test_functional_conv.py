@@ -163,6 +163,7 @@ def _x(shape=(2, 3, 8, 8), dtype=np.float32):
         ({"padding": "same"}, TypeError, r"padding must be an int or a pair of ints, got 'same'"),
         ({"dilation": 0}, ValueError, r"dilation must be >= 1, got 0"),
         ({"dilation": (1, 1, 1)}, ValueError, r"dilation must be an int or a pair of ints, got \(1, 1, 1\)"),
+        ({"w": _x((4, 3, 0, 3))}, ValueError, r"kernel size must be at least 1x1, got weight of shape \(4, 3, 0, 3\)"),
         ({"w": _x((4, 3, 11, 3))}, ValueError, r"kernel \(11, 3\) .* larger than the padded input \(8, 8\)"),
         ({"w": _x((4, 3, 5, 5)), "dilation": 2, "padding": 0}, ValueError, r"spanning \(9, 9\) with dilation \(2, 2\)"),
     ],

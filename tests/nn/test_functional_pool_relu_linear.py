@@ -74,6 +74,11 @@ def test_relu_parity_with_torch_including_zero_and_nan(rng):
     np.testing.assert_array_equal(xt.grad, t.grad.numpy())
 
 
+def test_relu_of_a_bool_tensor_is_an_error():
+    with pytest.raises(TypeError, match="relu is not defined for bool tensors"):
+        F.relu(mr.Tensor(np.array([True, False])))
+
+
 def test_relu_kernels_keep_float32(rng):
     x = rng.standard_normal((2, 3)).astype(np.float32)
     y = R.relu_forward(x)

@@ -177,8 +177,13 @@ def test_layers_reject_bad_inputs(rng):
         nn.MaxPool2d(2, padding=2)
     with pytest.raises(ValueError, match="only output_size 1"):
         nn.AdaptiveAvgPool2d(2)
-    with pytest.raises(ValueError, match="momentum must be in"):
+    with pytest.raises(ValueError, match=r"momentum must be a number in \[0, 1\] or None, got 1.5"):
         nn.BatchNorm2d(3, momentum=1.5)
+    for bad in ("a", True):
+        with pytest.raises(ValueError, match=f"momentum must be a number in .* got {bad!r}"):
+            nn.BatchNorm2d(3, momentum=bad)
+        with pytest.raises(ValueError, match=f"eps must be a positive number, got {bad!r}"):
+            nn.BatchNorm2d(3, eps=bad)
 
 
 def test_to_float64_network_runs_in_float64(rng):

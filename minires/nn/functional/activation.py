@@ -38,4 +38,6 @@ def relu(x: Any) -> Tensor:
     """
     if not isinstance(x, Tensor):
         x = Tensor(x)
+    if x.dtype.kind == "b":
+        raise TypeError("relu is not defined for bool tensors (as in PyTorch); convert to a number type first")
     return ReLUFunction.apply(x)

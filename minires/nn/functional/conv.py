@@ -91,6 +91,8 @@ def conv2d(
         raise ValueError(f"conv2d: input must be 4-D (N, C_in, H, W), got shape {x.shape}")
     if weight.ndim != 4:
         raise ValueError(f"conv2d: weight must be 4-D (C_out, C_in, kH, kW), got shape {weight.shape}")
+    if min(weight.shape[2:]) < 1:
+        raise ValueError(f"conv2d: the kernel size must be at least 1x1, got weight of shape {weight.shape}")
     if x.shape[1] != weight.shape[1]:
         raise ValueError(
             f"conv2d: input has {x.shape[1]} channels (shape {x.shape}) but weight of shape {weight.shape} "

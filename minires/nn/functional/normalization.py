@@ -212,6 +212,13 @@ def _check_arguments(
         x = Tensor(x)
     if x.dtype.kind != "f":
         raise TypeError(f"{name} needs a floating-point x, got dtype {x.dtype}")
+    if x.dtype.itemsize < 4:
+        # The per-channel sums over N * H * W values would overflow float16 (its largest value is
+        # 65504) and poison the running statistics with inf; the kernels sum in x's dtype.
+        raise TypeError(
+            f"{name} supports float32 and float64 x, got {x.dtype}; convert x (and the layer, with "
+            "module.to(dtype=np.float32)) first"
+        )
     if x.ndim not in (2, 3, 4):
         raise ValueError(
             f"{name} expects x of shape (N, C), (N, C, L) or (N, C, H, W); got {x.ndim}-D shape {x.shape}"
