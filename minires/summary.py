@@ -191,7 +191,13 @@ def summary(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -
             # A fresh model's BN has never seen data; that warning is noise
             # here: the probe only needs shapes.
             warnings.simplefilter("ignore")
-            model(x)
+            try:
+                model(x)
+            except (ValueError, TypeError) as exc:
+                # The model's own message shows the probe's shape, batch axis added; say where it came from.
+                exc.add_note(f"summary() probed the model with shape {x.shape}: batch_size {batch_size} + input_shape "
+                             f"{shape}. input_shape is ONE input without the batch axis, e.g. (3, 32, 32).")
+                raise
     finally:
         for h in handles:
             h.remove()

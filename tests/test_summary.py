@@ -105,6 +105,14 @@ def test_summary_removes_hooks_when_forward_fails():
     assert model.training
 
 
+def test_a_batch_axis_in_input_shape_is_explained():
+    with pytest.raises(ValueError) as info:
+        summary(models.resnet_cifar(8), (2, 3, 8, 8))  # the batch axis given by mistake
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "probed the model with shape (1, 2, 3, 8, 8)" in notes
+    assert "input_shape is ONE input without the batch axis" in notes
+
+
 @pytest.mark.parametrize("bad", [(), (3, 0, 32), (3, 32.0, 32), "abc"])
 def test_bad_input_shape(bad):
     with pytest.raises(ValueError, match="input_shape"):

@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import numpy as np
 
@@ -367,6 +367,18 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, refused while parsing, before any data is loaded."""
+
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _fail(command: str, message: str, code: int = 2) -> int:
     print(f"minires {command}: error: {message}", file=sys.stderr)
     return code
@@ -422,27 +434,27 @@ def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--depth", type=_integer, nargs="+", default=[20, 56], metavar="D",
                    help="CIFAR depths 6n+2 (default: 20 56)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=_integer, metavar="N",
+    length.add_argument("--steps", type=_at_least(1), metavar="N",
                         help="N optimisation steps per model, split into --evals epochs over the first "
                              "ceil(N/evals)*batch training images (quick runs)")
-    length.add_argument("--epochs", type=_integer, metavar="E", help="E full epochs per model")
-    p.add_argument("--evals", type=_integer, default=4, metavar="K",
+    length.add_argument("--epochs", type=_at_least(1), metavar="E", help="E full epochs per model")
+    p.add_argument("--evals", type=_at_least(1), default=4, metavar="K",
                    help="with --steps: evaluation points, i.e. epochs (default 4)")
-    p.add_argument("--batch-size", type=_integer, default=128, help="batch size (default 128)")
+    p.add_argument("--batch-size", type=_at_least(1), default=128, help="batch size (default 128)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, 0.1)")
     p.add_argument("--recipe", choices=recipes.names(), default="paper",
                    help="training recipe, the same for every model (default paper: lr /10 at 50%% and 75%%)")
-    p.add_argument("--seed", type=_integer, default=0, help="seed of initialisation and data order (default 0)")
-    p.add_argument("--width", type=_integer, default=16,
+    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of initialisation and data order (default 0)")
+    p.add_argument("--width", type=_at_least(1), default=16,
                    help="filters of the first stage (default 16, the paper's; smaller is faster)")
     p.add_argument("--data-dir", help="directory containing cifar-10-batches-py")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading CIFAR-10")
     p.add_argument("--synthetic", action="store_true", help="use a small learnable synthetic data set (tests, demos)")
-    p.add_argument("--limit-train", type=_integer, metavar="K", help="with --epochs: train on the first K images")
-    p.add_argument("--limit-test", type=_integer, metavar="K", help="evaluate on the first K test images")
-    p.add_argument("--train-eval", type=_integer, default=5000, metavar="K",
+    p.add_argument("--limit-train", type=_at_least(1), metavar="K", help="with --epochs: train on the first K images")
+    p.add_argument("--limit-test", type=_at_least(1), metavar="K", help="evaluate on the first K test images")
+    p.add_argument("--train-eval", type=_at_least(1), default=5000, metavar="K",
                    help="measure the final training error on K of the training images used (default 5000)")
-    p.add_argument("--monitor-every", type=_integer, metavar="M",
+    p.add_argument("--monitor-every", type=_at_least(1), metavar="M",
                    help="record gradient norms at step 1 and every M steps (default: ~20 records per run)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crops/flips")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")

@@ -139,7 +139,7 @@ class ResNet(nn.Module):
         BN after every conv either works). BN: weight 1, bias 0, running mean 0,
         running variance 1. fc: ``U(-1/sqrt(in), 1/sqrt(in))`` for weight and bias.
         """
-        gen = np.random.default_rng(seed) if seed is not None else None
+        gen = init.seeded_generator(seed) if seed is not None else None
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=gen)

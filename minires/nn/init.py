@@ -31,7 +31,7 @@ from .. import backend
 from ..tensor import Tensor
 
 __all__ = [
-    "manual_seed", "default_generator", "calculate_gain", "fan_in_and_fan_out",
+    "manual_seed", "seeded_generator", "default_generator", "calculate_gain", "fan_in_and_fan_out",
     "uniform_", "normal_", "constant_", "zeros_", "ones_", "kaiming_uniform_", "kaiming_normal_",
 ]
 
@@ -40,12 +40,17 @@ __all__ = [
 _generator = np.random.default_rng()
 
 
+def seeded_generator(seed: int) -> np.random.Generator:
+    """A new generator started from ``seed``, a non-negative integer (checked, so the error says "seed")."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng(int(seed))
+
+
 def manual_seed(seed: int) -> np.random.Generator:
     """Reset the default generator used when ``generator=None``; returns it."""
     global _generator
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    _generator = np.random.default_rng(int(seed))
+    _generator = seeded_generator(seed)
     return _generator
 
 

@@ -131,3 +131,24 @@ def test_missing_data_is_a_runtime_error_with_the_directory_named(tmp_path, caps
     assert run(["compare", "--depth", "8", "--steps", "2", "--data-dir", str(missing), "--no-download",
                 "--out", str(tmp_path / "o")]) == 1
     assert str(missing) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flag, value, minimum",
+    [("--epochs", "-1", 1), ("--steps", "0", 1), ("--seed", "-1", 0), ("--train-eval", "0", 1),
+     ("--batch-size", "0", 1), ("--width", "0", 1), ("--limit-test", "0", 1), ("--monitor-every", "0", 1)],
+)
+def test_bad_numbers_are_refused_before_any_data_is_loaded(flag, value, minimum, tmp_path, capsys, monkeypatch):
+    import minires.diagnostics.compare as compare
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before the arguments were checked")
+
+    monkeypatch.setattr(compare, "_load_cifar", no_data)
+    monkeypatch.setattr(compare, "synthetic_dataset", no_data)
+    length = [] if flag in ("--epochs", "--steps") else ["--steps", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(["compare", "--depth", "8", *length, flag, value, "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected an integer >= {minimum}, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -231,6 +231,13 @@ def test_seed_makes_construction_reproducible():
             assert not np.array_equal(va, vc), ka
 
 
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "0"])
+def test_a_bad_seed_is_named_in_the_error(bad):
+    for build in (models.resnet20, models.plain20, lambda seed: models.create("resnet20", seed=seed)):
+        with pytest.raises(ValueError, match=f"seed must be a non-negative integer, got {bad!r}"):
+            build(seed=bad)
+
+
 def test_manual_seed_makes_construction_reproducible():
     init.manual_seed(123)
     a = models.plain20()
