@@ -255,21 +255,38 @@ class DataLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`: the next ``iter()`` continues from ``state['batch']``."""
+        """Restore :meth:`state_dict`: the next ``iter()`` continues from ``state['batch']``.
+
+        ``seed``, ``epoch`` and ``batch`` must be non-negative integers (Python
+        or NumPy, not bool or float): a bad value is refused here, naming the
+        key, instead of failing later inside NumPy's random generator. A
+        missing key raises ``KeyError``; nothing changes unless all checks pass.
+        """
+        if not isinstance(state, dict):
+            raise TypeError(f"loader state must be a dict (from DataLoader.state_dict()), got {type(state).__name__}")
         missing = {"seed", "epoch", "batch"} - set(state)
         if missing:
             raise KeyError(f"loader state is missing {sorted(missing)}; got keys {sorted(state)}")
+        counters = {}
+        for key in ("seed", "epoch", "batch"):
+            value = state[key]
+            # bool is a subclass of int, and int(2.7) would quietly become 2: refuse both.
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"loader state {key}={value!r} must be an integer, got {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"loader state {key}={value!r} must be a non-negative integer")
+            counters[key] = int(value)
         for key in ("num_examples", "batch_size", "shuffle", "drop_last"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(
                     f"loader state has {key}={state[key]!r} but this loader has {getattr(self, key)!r}: "
                     "the data order would differ, so it cannot be resumed"
                 )
-        batch = int(state["batch"])
-        if not 0 <= batch <= len(self):
+        batch = counters["batch"]
+        if batch > len(self):
             raise ValueError(f"loader state batch={batch} is outside 0..{len(self)}")
-        self.seed = int(state["seed"])
-        self._epoch = int(state["epoch"])
+        self.seed = counters["seed"]
+        self._epoch = counters["epoch"]
         self._position = batch
         self._resume_at = batch
 

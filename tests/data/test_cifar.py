@@ -8,8 +8,10 @@ The last test loads the real dataset when ``MINIRES_DATA`` points at it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -205,6 +207,71 @@ def test_bad_batch_file_raises_a_clear_error(root, corruption, name):
     assert EXPECTED_WORDS[corruption] in message, message  # says what is wrong
     assert "re-download" in message and cifar.CIFAR10_URL in message, message  # says what to do
     assert isinstance(info.value, ValueError)
+
+
+def _deny_reading(monkeypatch, target: Path, error: OSError) -> None:
+    """Make cifar.py's ``open`` of ``target`` fail with ``error``, as ``chmod 000`` would for a
+    normal user (root, which runs these tests, bypasses permission bits)."""
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if Path(path) == target:
+            raise error
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cifar, "open", fake_open, raising=False)  # shadows the builtin in cifar.py only
+
+
+def _assert_says_cannot_read(info, path: Path, os_words: str) -> None:
+    message = str(info.value)
+    assert isinstance(info.value, cifar.CIFARReadError) and isinstance(info.value, OSError)
+    assert not isinstance(info.value, CIFARFormatError)  # not "the content is wrong"
+    assert f"cannot read {path}" in message, message  # names the file
+    assert os_words in message, message  # and the OS's reason
+    # A good copy must not be thrown away because of a permission problem.
+    for advice in ("Delete", "delete", "re-download", "truncated or corrupt"):
+        assert advice not in message, message
+
+
+@pytest.mark.parametrize("name", ["data_batch_2", "test_batch", "batches.meta"])
+def test_permission_error_is_reported_as_unreadable_not_corrupt(root, monkeypatch, name):
+    path = root / cifar.BATCH_DIR / name
+    _deny_reading(monkeypatch, path, PermissionError(errno.EACCES, "Permission denied", str(path)))
+    with pytest.raises(cifar.CIFARError) as info:
+        load(root, cache=False)
+    _assert_says_cannot_read(info, path, "Permission denied")
+    assert path.read_bytes()  # the file is still there, untouched
+
+
+def test_directory_in_place_of_a_batch_file_is_unreadable_not_missing(root):
+    path = root / cifar.BATCH_DIR / "data_batch_4"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(cifar.CIFARError) as info:
+        load(root, cache=False)
+    _assert_says_cannot_read(info, path, "Is a directory")
+
+
+class _FailingReads(io.RawIOBase):
+    """A file that opens fine but whose reads fail, like a disk with a bad sector."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_io_error_while_reading_is_not_called_corruption(root, monkeypatch):
+    path = root / cifar.BATCH_DIR / "data_batch_1"
+    real_open = open
+    monkeypatch.setattr(
+        cifar, "open", lambda p, *a, **k: _FailingReads() if Path(p) == path else real_open(p, *a, **k),
+        raising=False,
+    )
+    with pytest.raises(cifar.CIFARError) as info:
+        load(root, cache=False)
+    _assert_says_cannot_read(info, path, "Input/output error")
 
 
 def test_official_count_is_the_default(root):
@@ -441,6 +508,25 @@ def test_archive_without_the_batch_directory_is_rejected(tmp_path):
     assert listing(tmp_path / "target") == []
 
 
+def test_a_full_disk_while_extracting_is_not_called_a_corrupt_archive(tmp_path, monkeypatch):
+    import errno
+
+    from minires.data import CIFARReadError
+
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.addfile(_member("cifar-10-batches-py/data_batch_1"), io.BytesIO(b"data"))
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", disk_full)
+    with pytest.raises(CIFARReadError, match="No space left on device") as info:
+        extract_archive(archive, tmp_path / "target")
+    assert "Delete" not in str(info.value) and "may be fine" in str(info.value)
+    assert listing(tmp_path / "target") == []  # the staging directory is gone too
+
+
 # ---------------------------------------------------------------------------
 # The .npy cache
 # ---------------------------------------------------------------------------
@@ -495,11 +581,123 @@ def test_corrupt_cache_falls_back_to_decoding(root):
     load(root)
     npy = root / "cifar-10-npy-cache" / "train_images.npy"
     npy.write_bytes(npy.read_bytes()[:1000])
-    with pytest.warns(UserWarning, match="unreadable CIFAR-10 cache"):
+    with pytest.warns(UserWarning, match=r"not using the CIFAR-10 cache: .*train_images\.npy has SHA-256"):
         data = load(root)
     assert not data.from_cache
     np.testing.assert_array_equal(data.train_images, expected_arrays(root)["train_images"])
     assert load(root).from_cache  # rewritten
+
+
+def _cache_files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "cifar-10-npy-cache").iterdir())
+
+
+CACHE_FILES = sorted(["manifest.json", "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"])
+
+
+def test_manifest_records_the_sha256_of_every_cached_file(root):
+    load(root)
+    cache_dir = root / "cifar-10-npy-cache"
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    assert manifest["format"] == 2
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        want = hashlib.sha256((cache_dir / f"{name}.npy").read_bytes()).hexdigest()
+        assert manifest["sha256"][name] == want, name
+
+
+def test_flipped_bytes_in_the_cache_are_detected_and_the_cache_rebuilt(root, monkeypatch):
+    load(root)
+    npy = root / "cifar-10-npy-cache" / "test_labels.npy"
+    raw = bytearray(npy.read_bytes())
+    # Same size, valid .npy header: only the numbers change. Bytes -6 and -5 are bytes
+    # 2 and 3 of the last little-endian int64 label, which becomes about 3.4e9.
+    raw[-5] ^= 0xC8
+    raw[-6] ^= 0xC8
+    npy.write_bytes(bytes(raw))
+    assert np.load(npy).max() > 9  # the damage NumPy alone does not notice
+    with pytest.warns(UserWarning, match=r"not using the CIFAR-10 cache: .*test_labels\.npy has SHA-256") as record:
+        data = load(root)
+    assert str(npy) in str(record[0].message)  # names the file
+    assert not data.from_cache
+    np.testing.assert_array_equal(data.test_labels, expected_arrays(root)["test_labels"])
+    # Rewritten through atomic_write: the complete set of files, no temporary leftovers.
+    assert _cache_files(root) == CACHE_FILES
+    _forbid_decoding(monkeypatch)
+    again = load(root)
+    assert again.from_cache
+    np.testing.assert_array_equal(again.test_labels, expected_arrays(root)["test_labels"])
+
+
+def _replace_cached_array(root: Path, name: str, array: np.ndarray) -> None:
+    """Overwrite one cached array AND make the manifest agree (shape, dtype, checksum), as a
+    buggy writer would: only the content checks can catch it."""
+    cache_dir = root / "cifar-10-npy-cache"
+    np.save(cache_dir / f"{name}.npy", array)
+    manifest_path = cache_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["arrays"][name] = [list(array.shape), str(array.dtype)]
+    manifest["sha256"][name] = hashlib.sha256((cache_dir / f"{name}.npy").read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def _label(value: int, index: int):
+    def change(a: np.ndarray) -> np.ndarray:
+        a = a.copy()
+        a[index] = value
+        return a
+    return change
+
+
+BAD_CACHED_ARRAYS = {
+    "label_12": ("train_labels", _label(12, 7), "label 12 at index 7, outside 0..9"),
+    "label_-1": ("test_labels", _label(-1, 0), "label -1 at index 0, outside 0..9"),
+    "labels_int32": ("test_labels", lambda a: a.astype(np.int32), f"expected ({N},) int64"),
+    "labels_too_few": ("train_labels", lambda a: a[:-1], f"expected ({5 * N},) int64"),
+    "images_int16": ("test_images", lambda a: a.astype(np.int16), "expected (N, 3, 32, 32) uint8"),
+    "images_16x64": ("train_images", lambda a: a.reshape(-1, 3, 16, 64), "expected (N, 3, 32, 32) uint8"),
+    "images_too_few": ("test_images", lambda a: a[:-2], f"holds {N - 2} images, expected {N}"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CACHED_ARRAYS))
+def test_cache_contents_are_checked_even_when_checksums_match(root, case):
+    name, change, words = BAD_CACHED_ARRAYS[case]
+    good = load(root)
+    _replace_cached_array(root, name, change(getattr(good, name)))
+    with pytest.warns(UserWarning, match="not using the CIFAR-10 cache") as record:
+        data = load(root)
+    message = str(record[0].message)
+    assert words in message and f"{name}.npy" in message, message
+    assert not data.from_cache
+    np.testing.assert_array_equal(getattr(data, name), getattr(good, name))
+    assert load(root).from_cache  # rebuilt
+
+
+@pytest.mark.parametrize("edit, words", [
+    ("format_1", "has cache format 1"),  # written before checksums existed
+    ("no_sha256", "records no checksum for train_images.npy, train_labels.npy"),
+    ("one_missing", "records no checksum for test_images.npy;"),
+])
+def test_cache_without_checksums_is_rebuilt_not_trusted(root, monkeypatch, edit, words):
+    load(root)
+    manifest_path = root / "cifar-10-npy-cache" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if edit == "format_1":
+        manifest["format"] = 1
+        del manifest["sha256"]
+    elif edit == "no_sha256":
+        del manifest["sha256"]
+    else:
+        del manifest["sha256"]["test_images"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="not using the CIFAR-10 cache") as record:
+        data = load(root)
+    assert words in str(record[0].message), str(record[0].message)
+    assert not data.from_cache
+    rebuilt = json.loads(manifest_path.read_text())
+    assert rebuilt["format"] == 2 and sorted(rebuilt["sha256"]) == sorted(cifar._ARRAYS)
+    _forbid_decoding(monkeypatch)
+    assert load(root).from_cache
 
 
 def test_unwritable_cache_only_warns(root, tmp_path):

@@ -201,6 +201,49 @@ def test_load_state_dict_refuses_a_different_setup():
         DataLoader(images, labels, 8).load_state_dict({"seed": 0, "batch": 0})
 
 
+@pytest.mark.parametrize("key, value, error, words", [
+    ("seed", -1, ValueError, "seed=-1 must be a non-negative integer"),
+    ("epoch", -3, ValueError, "epoch=-3 must be a non-negative integer"),
+    ("batch", -1, ValueError, "batch=-1 must be a non-negative integer"),
+    ("seed", 1.5, TypeError, "seed=1.5 must be an integer, got float"),
+    ("epoch", 2.0, TypeError, "epoch=2.0 must be an integer, got float"),
+    ("batch", 2.7, TypeError, "batch=2.7 must be an integer, got float"),  # int() would quietly make it 2
+    ("epoch", "1", TypeError, "epoch='1' must be an integer, got str"),
+    ("seed", None, TypeError, "seed=None must be an integer, got NoneType"),
+    ("seed", True, TypeError, "seed=True must be an integer, got bool"),
+    ("epoch", np.array([1, 2]), TypeError, "must be an integer, got ndarray"),
+])
+def test_load_state_dict_refuses_bad_counters_naming_key_and_value(key, value, error, words):
+    images, labels = tagged(40)
+    loader = DataLoader(images, labels, 8, seed=3, normalize=False)
+    before = loader.state_dict()
+    with pytest.raises(error) as info:
+        loader.load_state_dict({**before, key: value})
+    assert words in str(info.value), str(info.value)
+    assert loader.state_dict() == before  # a refused state changes nothing
+    assert len(epoch_ids(loader)) == 5  # and the loader still works
+
+
+def test_load_state_dict_refuses_a_non_dict():
+    images, labels = tagged(40)
+    with pytest.raises(TypeError, match="loader state must be a dict.*got list"):
+        DataLoader(images, labels, 8).load_state_dict([("seed", 0), ("epoch", 0), ("batch", 0)])
+
+
+def test_load_state_dict_accepts_numpy_integers():
+    images, labels = tagged(40)
+    reference = DataLoader(images, labels, 8, seed=5, normalize=False)
+    reference.set_epoch(2)
+    expected = epoch_ids(reference)
+    loader = DataLoader(images, labels, 8, normalize=False)
+    loader.load_state_dict({"seed": np.int64(5), "epoch": np.int32(2), "batch": np.uint8(1)})
+    assert type(loader.seed) is int and loader.state_dict()["epoch"] == 2
+    got = epoch_ids(loader)
+    assert len(got) == 4
+    for a, b in zip(got, expected[1:]):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------------------
 # Prefetching
 # ---------------------------------------------------------------------------
