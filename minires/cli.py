@@ -113,7 +113,7 @@ def _load_data(data_dir, download: bool, command: str):
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model; every usage error is reported before the data is loaded."""
     from .checkpoint import CheckpointError, load_checkpoint
-    from .train import RUN_DEFINING, ConfigError, Trainer, TrainConfig, build_model, prepare_out_dir
+    from .train import RUN_DEFINING, ConfigError, Trainer, TrainConfig, TrainingDiverged, build_model, prepare_out_dir
 
     given = {
         "model": args.model, "recipe": args.recipe, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -175,6 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except TrainingDiverged as exc:
+        return _fail("train", str(exc), code=1)
     if rows:
         last = rows[-1]
         print(f"done: {len(rows)} epochs, test accuracy {100 * last['test_acc']:.2f}%, "

@@ -8,8 +8,8 @@ One epoch, as :class:`Trainer` runs it::
         (every N steps: per-layer gradient norms -> grad_norms.jsonl)
         optimizer.step(); schedule.step()                # the lr moves every ITERATION
     evaluate on the test set (and the validation split, if any)
-    append one row to metrics.jsonl / metrics.csv
     save checkpoint.npz                                  # everything needed to continue
+    append one row to metrics.jsonl / metrics.csv
 
 What a run directory holds (``--out runs/NAME``)::
 
@@ -39,6 +39,14 @@ then saves a checkpoint (with the position inside the epoch) and raises
 cannot be saved consistently, so then the checkpoint already on disk (the
 last epoch's) is kept and nothing is written. A ``KeyboardInterrupt`` raised
 by a callback between steps is treated like the first Ctrl-C.
+
+Divergence. A learning rate far too high makes the loss NaN or infinite,
+and the weights with it; training on is pointless and saving them would
+replace the last good checkpoint with garbage. So the trainer raises
+:class:`TrainingDiverged` (naming the epoch, batch, step and loss) as soon
+as it sees a non-finite training loss, and :meth:`Trainer.save_checkpoint`
+refuses to write non-finite weights or momentum buffers: the checkpoint on
+disk keeps the last good state.
 
 Determinism. On the CPU backend two runs with the same configuration and
 seed produce bit-identical parameters (same machine, same NumPy/BLAS).
@@ -76,6 +84,7 @@ from .tensor import Tensor, no_grad
 
 __all__ = [
     "ConfigError",
+    "TrainingDiverged",
     "TrainConfig",
     "Callback",
     "Trainer",
@@ -101,6 +110,23 @@ CIFAR10_TRAIN_SIZE = 50000
 class ConfigError(ValueError):
     """A training configuration that cannot work (unknown model, impossible
     batch size, unusable output directory, ...), detected before any work."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a NaN or infinite loss (or weights): it stopped, and no
+    checkpoint was written with the ruined weights.
+
+    Attributes:
+        epoch: the epoch it happened in, counted from 1 as in the logs.
+        batch: the batch within that epoch, from 1.
+        step: the global optimisation step, from 1.
+        loss: the non-finite training loss of that step; ``None`` when every
+            loss was finite but the last update left non-finite weights.
+    """
+
+    def __init__(self, message: str, *, epoch: int, batch: int, step: int, loss: float | None) -> None:
+        super().__init__(message)
+        self.epoch, self.batch, self.step, self.loss = epoch, batch, step, loss
 
 
 # ---------------------------------------------------------------------------
@@ -444,6 +470,20 @@ class _Running:
         return {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": int(self.seen)}
 
 
+def _non_finite_entries(state: dict) -> list[str]:
+    """Names of the model and optimizer arrays in a checkpoint :meth:`Trainer.state` that hold NaN or inf.
+
+    The arrays are the state's host copies, so this reads no device memory.
+    """
+    bad = [name for name, array in state["model"].items()
+           if array.dtype.kind == "f" and not np.isfinite(array).all()]
+    for index, entries in state["optimizer"]["state"].items():
+        for name, array in entries.items():
+            if isinstance(array, np.ndarray) and array.dtype.kind == "f" and not np.isfinite(array).all():
+                bad.append(f"the optimizer's {name} of parameter {index}")
+    return bad
+
+
 class _StopRequest:
     """Turn the first SIGINT into a flag checked between steps (see the module docstring)."""
 
@@ -589,6 +629,14 @@ class Trainer:
         self._partial: dict | None = None
         self._in_step = False
         self._saved_step: int | None = None  # global step of the checkpoint on disk
+        # Training losses not yet checked for NaN/inf: (epoch, batch, step, 0-d
+        # loss array still on the device). See _check_losses.
+        self._unchecked: list[tuple[int, int, int, Any]] = []
+        # Reading a loss is free on the CPU, so every step is checked and a
+        # diverged run stops at once. On a GPU a read waits for all queued work
+        # (a sync), so losses are read in groups of 10, as often as the progress
+        # bar reads its sums. Either way save_checkpoint checks first.
+        self._loss_check_every = 1 if self.device.type == "cpu" else 10
         self._last_lr = float(self.optimizer.param_groups[0]["lr"])
 
         if saved is not None:
@@ -646,10 +694,61 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        """Write :meth:`state` to ``out_dir/checkpoint.npz`` atomically."""
-        path = save_checkpoint(self.checkpoint_path, self.state())
+        """Write :meth:`state` to ``out_dir/checkpoint.npz`` atomically.
+
+        Raises :class:`TrainingDiverged`, and writes nothing, if a training
+        loss or any weight or momentum buffer is NaN or infinite: the
+        checkpoint already on disk is worth more than a ruined one.
+        """
+        self._check_losses()
+        state = self.state()
+        bad = _non_finite_entries(state)
+        if bad:
+            if self._partial is not None:
+                epoch, batch = self.epoch + 1, int(self._partial["batch"])
+            else:
+                epoch, batch = self.epoch, self.steps_per_epoch
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise TrainingDiverged(
+                f"training diverged: after step {self.global_step} (epoch {epoch}, batch {batch}) NaN or inf "
+                f"appeared in {shown}, although every training loss was finite. {self._divergence_advice()}",
+                epoch=epoch, batch=batch, step=self.global_step, loss=None,
+            )
+        path = save_checkpoint(self.checkpoint_path, state)
         self._saved_step = self.global_step
         return path
+
+    def _kept_checkpoint(self) -> str:
+        """What the checkpoint on disk holds, for messages about a checkpoint NOT written."""
+        if self._saved_step is None:
+            return "no checkpoint has been written yet"
+        return f"{self.checkpoint_path} keeps the state after step {self._saved_step}"
+
+    def _divergence_advice(self) -> str:
+        return (f"The weights are unusable, so no checkpoint was written with them; {self._kept_checkpoint()}. "
+                f"Train again with a lower learning rate than lr={self.config.lr:g} (--lr).")
+
+    def _check_losses(self) -> None:
+        """Raise :class:`TrainingDiverged` if a training loss since the last check is NaN or inf.
+
+        The losses wait on the device until now and are read in one transfer
+        (a GPU sync); the error names the first bad one.
+        """
+        if not self._unchecked:
+            return
+        pending, self._unchecked = self._unchecked, []
+        losses = [loss for *_, loss in pending]
+        xp = backend.get_array_module(*losses)
+        values = backend.to_device(xp.stack(losses), backend.cpu)  # shape (len(pending),)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            epoch, batch, step, _ = pending[bad[0]]
+            loss = float(values[bad[0]])
+            raise TrainingDiverged(
+                f"training diverged: the training loss is {loss} at epoch {epoch}, batch {batch} (step {step}). "
+                + self._divergence_advice(),
+                epoch=epoch, batch=batch, step=step, loss=loss,
+            )
 
     @staticmethod
     def _read_checkpoint(path: Path) -> dict:
@@ -721,7 +820,9 @@ class Trainer:
         """Train until ``config.epochs`` epochs are done; returns the metrics rows.
 
         Raises ``KeyboardInterrupt`` after saving a checkpoint when stopped by
-        Ctrl-C or a callback (see the module docstring).
+        Ctrl-C or a callback (see the module docstring), and
+        :class:`TrainingDiverged`, without saving, when the loss or the
+        weights become NaN or infinite.
         """
         cfg = self.config
         if self.finished or self.epoch >= cfg.epochs:
@@ -747,11 +848,8 @@ class Trainer:
 
     def _on_interrupt(self) -> None:
         if self._in_step:
-            if self._saved_step is None:
-                kept = "no checkpoint has been written yet"
-            else:
-                kept = f"{self.checkpoint_path} keeps the state after step {self._saved_step}"
-            self._say(f"interrupted in the middle of a step: its update is incomplete, so it is not saved; {kept}")
+            self._say("interrupted in the middle of a step: its update is incomplete, so it is not saved; "
+                      + self._kept_checkpoint())
             return
         self.save_checkpoint()
         epoch = self.epoch + 1 if self._partial else self.epoch
@@ -784,6 +882,9 @@ class Trainer:
                 position["batch"] += 1
                 position["train_seconds"] = seconds_before + time.perf_counter() - start
                 self._in_step = False
+                self._unchecked.append((epoch + 1, position["batch"], self.global_step, loss.data))
+                if len(self._unchecked) >= self._loss_check_every:
+                    self._check_losses()
                 steps_bar.update(1)
                 if self.progress and (position["batch"] % 10 == 0 or position["batch"] == self.steps_per_epoch):
                     mean_loss, acc = running.values()
@@ -796,6 +897,8 @@ class Trainer:
                     raise KeyboardInterrupt
         finally:
             steps_bar.close()
+        # Before evaluating: a diverged epoch is not worth evaluating or logging.
+        self._check_losses()
         # From here until the checkpoint below, an interruption resumes with
         # zero steps left in this epoch: only the evaluation runs again.
         train_seconds = position["train_seconds"]
@@ -812,8 +915,11 @@ class Trainer:
         self.epoch = epoch + 1
         self._partial = None
         self.finished = self.epoch >= cfg.epochs
-        write_metrics(self.out_dir, self.metrics, self.columns)
+        # The checkpoint first: it refuses diverged weights, and then this
+        # epoch's row must not reach the metrics files either. (A crash between
+        # the two is harmless: resuming rewrites the metrics from the checkpoint.)
         self.save_checkpoint()
+        write_metrics(self.out_dir, self.metrics, self.columns)
         if self.verbose:
             self._say(self._epoch_line(row))
         for cb in self.callbacks:

@@ -387,7 +387,7 @@ def _fail(command: str, message: str, code: int = 2) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Run ``minires compare`` (see :func:`add_compare_parser`); returns the exit code."""
     from ..data import CIFARError
-    from ..train import ConfigError
+    from ..train import ConfigError, TrainingDiverged
 
     say = (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
     # The sub-command and its arguments as typed (the same under `minires` and `python -m`).
@@ -416,6 +416,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     except ConfigError as exc:
         return _fail("compare", str(exc))
+    except TrainingDiverged as exc:
+        return _fail("compare", str(exc), code=1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -152,3 +152,11 @@ def test_bad_numbers_are_refused_before_any_data_is_loaded(flag, value, minimum,
     assert exit_info.value.code == 2
     assert f"argument {flag}: expected an integer >= {minimum}, got '{value}'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow warnings, expected here
+def test_a_diverging_twin_stops_compare_with_a_clear_message(tmp_path, capsys):
+    code = run(["compare", *QUICK, "--steps", "4", "--evals", "2", "--lr", "1e30", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "minires compare: error: training diverged" in err and "lower learning rate" in err

@@ -289,3 +289,13 @@ def test_python_dash_m_reports_usage_errors(tmp_path):
     assert proc.returncode == 0
     for flag in ("--recipe", "--grad-norms", "--limit-train", "--resume", "--quiet", "--val-split", "--seed"):
         assert flag in proc.stdout
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow warnings, expected here
+def test_diverging_run_exits_1_with_a_clear_message_and_no_checkpoint(data_dir, tmp_path, capsys):
+    out = tmp_path / "diverged"
+    code, _, err = run_cli(train_args(data_dir, out, "--lr", "1e30"), capsys)
+    assert code == 1
+    assert "minires train: error: training diverged: the training loss is" in err and "lower learning rate" in err
+    assert "Traceback" not in err
+    assert not (out / "checkpoint.npz").exists()

@@ -19,7 +19,7 @@ from minires.data import load_cifar10
 from minires.diagnostics import read_jsonl
 from minires.optim import SGD
 from minires.tensor import Tensor
-from minires.train import Callback, ConfigError, Trainer, TrainConfig, metric_columns
+from minires.train import Callback, ConfigError, Trainer, TrainConfig, TrainingDiverged, metric_columns
 
 TINY = {"model": "resnet_cifar", "model_kwargs": {"depth": 8, "width": 4}, "device": "cpu"}
 
@@ -508,3 +508,101 @@ def test_cpu_runs_keep_freed_memory_for_reuse(tmp_path, cifar_files, monkeypatch
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     quiet_trainer(tiny_config(epochs=1), cifar_files, tmp_path)
     assert calls == [1]
+
+
+# ---------------------------------------------------------------------------
+# divergence: a NaN/inf run stops, and the last good checkpoint survives
+# ---------------------------------------------------------------------------
+
+
+class PoisonAt(Callback):
+    """After global step ``step``, write ``value`` into the first parameter (a blown-up
+    update, made deterministic); with ``interrupt_at``, also act like Ctrl-C after that step.
+    Records the checkpoint's bytes at each epoch end, to check later that they were kept."""
+
+    def __init__(self, step, value=np.nan, interrupt_at=None):
+        self.step, self.value, self.interrupt_at = step, value, interrupt_at
+        self.saved_bytes = None
+
+    def on_step_end(self, trainer):
+        if trainer.global_step == self.step:
+            next(iter(trainer.model.parameters())).data[...] = self.value
+        if trainer.global_step == self.interrupt_at:
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, trainer, row):
+        self.saved_bytes = trainer.checkpoint_path.read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow warnings, expected here
+def test_a_learning_rate_far_too_high_stops_with_a_clear_error_and_saves_nothing(tmp_path, cifar_files):
+    """The review's case (`--lr 1e30`): every epoch used to log "train loss nan" and save NaN weights."""
+    trainer = quiet_trainer(tiny_config(lr=1e30, epochs=2), cifar_files, tmp_path)
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    err = info.value
+    assert isinstance(err, RuntimeError)
+    # Step 1 starts from the finite initial weights; its update ruins them.
+    assert (err.epoch, err.batch, err.step) == (1, 2, 2) and not math.isfinite(err.loss)
+    message = str(err)
+    assert f"training loss is {err.loss} at epoch 1, batch 2 (step 2)" in message
+    assert "lower learning rate than lr=1e+30" in message and "no checkpoint has been written yet" in message
+    assert trainer.global_step == 2  # stopped at once, not at the end of the epoch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]  # no checkpoint, no NaN metrics
+
+
+def _first_parameter_name(trainer):
+    return next(iter(trainer.model.state_dict()))
+
+
+@pytest.mark.parametrize("check_every", [1, 100], ids=["every-step-as-on-cpu", "grouped-as-on-gpu"])
+def test_divergence_mid_run_keeps_the_last_good_checkpoint(tmp_path, cifar_files, check_every):
+    """NaN weights after step 5 (epoch 2, batch 1): the loss of step 6 is NaN. Whether losses
+    are read every step (CPU) or in groups (GPU), the error names step 6 and the checkpoint
+    of epoch 1 is left byte for byte as it was."""
+    poison = PoisonAt(step=5)
+    trainer = quiet_trainer(tiny_config(epochs=3), cifar_files, tmp_path, callbacks=[poison])
+    trainer._loss_check_every = check_every
+    with pytest.raises(TrainingDiverged, match=r"training loss is nan at epoch 2, batch 2 \(step 6\)") as info:
+        trainer.fit()
+    assert (info.value.epoch, info.value.batch, info.value.step) == (2, 2, 6)
+    assert "keeps the state after step 4" in str(info.value)
+    # Stopped at once when every step is checked; at the epoch's end (before evaluating) when grouped.
+    assert trainer.global_step == (6 if check_every == 1 else 8)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == poison.saved_bytes
+    saved = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert saved["global_step"] == 4 and all(np.isfinite(a).all() for a in saved["model"].values())
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 1
+    # The run can be resumed from the good checkpoint.
+    assert quiet_trainer(tiny_config(epochs=3), cifar_files, tmp_path, resume=True).global_step == 4
+
+
+def test_an_interrupt_after_unchecked_divergence_saves_nothing(tmp_path, cifar_files):
+    """Ctrl-C normally saves a checkpoint mid-epoch; with losses not yet read (the GPU case)
+    the save reads them first and refuses."""
+    poison = PoisonAt(step=5, interrupt_at=6)
+    trainer = quiet_trainer(tiny_config(epochs=3), cifar_files, tmp_path, callbacks=[poison])
+    trainer._loss_check_every = 100
+    try:
+        with pytest.raises(TrainingDiverged, match=r"step 6\)"):
+            trainer.fit()
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt saved a checkpoint of the diverged weights instead of refusing")
+    assert (tmp_path / "checkpoint.npz").read_bytes() == poison.saved_bytes
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # evaluating inf weights
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_weights_are_not_saved_even_when_every_loss_was_finite(tmp_path, cifar_files, value):
+    """Ruined by the LAST update of epoch 2 (step 8): no later loss shows it, but the
+    checkpoint of epoch 2 would hold it, so the save is refused by name."""
+    poison = PoisonAt(step=8, value=value)
+    trainer = quiet_trainer(tiny_config(epochs=3), cifar_files, tmp_path, callbacks=[poison])
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    err = info.value
+    assert (err.epoch, err.batch, err.step, err.loss) == (2, 4, 8, None)
+    assert f"after step 8 (epoch 2, batch 4) NaN or inf appeared in {_first_parameter_name(trainer)}" in str(err)
+    assert "keeps the state after step 4" in str(err)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == poison.saved_bytes
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 1  # the ruined epoch's row is not logged
