@@ -207,6 +207,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             version. The message names the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -198,6 +199,8 @@ def test_foreign_or_future_files_are_refused(tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.npz")
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is a directory, not a checkpoint file"):
+        load_checkpoint(tmp_path)
 
     future = tmp_path / "future.npz"
     meta = {"format": "minires-checkpoint", "version": FORMAT_VERSION + 1, "sha256": "", "arrays": {}, "state": {}}
@@ -226,3 +229,56 @@ def test_atomic_write_bytes_replaces_content(tmp_path):
     atomic_write_bytes(target, b"a,b\n1,2\n")
     assert target.read_bytes() == b"a,b\n1,2\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv"]
+
+
+def test_atomic_write_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "checkpoint.npz"
+    real.write_bytes(b"old")
+    link = tmp_path / "latest.npz"
+    link.symlink_to(real)
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_bytes() == b"new"
+    # The temporary file lived next to the target (same file system) and is gone.
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["checkpoint.npz"]
+
+
+def test_atomic_write_through_a_dangling_symlink_creates_the_target(tmp_path):
+    link = tmp_path / "latest.csv"
+    link.symlink_to(tmp_path / "created.csv")
+    atomic_write_bytes(link, b"a,b\n")
+    assert link.is_symlink() and (tmp_path / "created.csv").read_bytes() == b"a,b\n"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o600, 0o444], ids=oct)
+def test_atomic_write_keeps_the_permissions_of_an_existing_file(tmp_path, mode):
+    target = tmp_path / "private.json"
+    target.write_bytes(b"{}")
+    os.chmod(target, mode)
+    atomic_write_bytes(target, b'{"a": 1}')
+    assert stat.S_IMODE(target.stat().st_mode) == mode
+    assert target.read_bytes() == b'{"a": 1}'
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002], ids=oct)
+def test_atomic_write_gives_a_new_file_the_mode_open_would(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "atomic.txt", b"x")
+        with open(tmp_path / "plain.txt", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    expected = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode) == expected
+
+
+def test_atomic_write_into_a_missing_directory_names_the_directory(tmp_path):
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(FileNotFoundError) as info:
+        atomic_write_bytes(missing / "c.npz", b"x")
+    assert info.value.filename == str(missing)
+    assert str(missing) in str(info.value) and ".tmp" not in str(info.value)
+    assert not (tmp_path / "no").exists()
