@@ -258,8 +258,39 @@ class SGD(Optimizer):
                 f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
             )
 
+    def _check_grads(self) -> None:
+        """Refuse gradients that do not fit their parameter, before anything is updated.
+
+        A gradient must have its parameter's shape, dtype and device (as in
+        PyTorch). Checking them all first makes ``step`` all-or-nothing: an
+        error on the fifth parameter must not leave the first four (and their
+        momentum buffers) already moved. Only metadata is read, never the
+        numbers, so this costs no pass over the data and no GPU sync.
+        """
+        index = 0  # position across all groups, as in state_dict()
+        for gi, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
+                g = p.grad
+                if g is not None:
+                    where = f"parameter {index} (number {i} of group {gi}, shape {p.shape})"
+                    shape = getattr(g, "shape", None)
+                    if shape is None:
+                        raise TypeError(f"{where} has a gradient of type {type(g).__name__}, not an array")
+                    if tuple(shape) != p.shape:
+                        raise RuntimeError(f"{where} has a gradient of shape {tuple(shape)}")
+                    if g.dtype != p.dtype:
+                        raise RuntimeError(f"{where} has dtype {p.dtype} but its gradient has dtype {g.dtype}")
+                    if backend.device_of(g) != p.device:
+                        raise RuntimeError(f"{where} is on {p.device} but its gradient is on {backend.device_of(g)}")
+                index += 1
+
     def step(self) -> None:
-        """Update every parameter that has a gradient, once."""
+        """Update every parameter that has a gradient, once.
+
+        Raises ``RuntimeError`` (and changes nothing) if a gradient's shape,
+        dtype or device differs from its parameter's.
+        """
+        self._check_grads()
         with no_grad():
             for group in self.param_groups:
                 # Python floats: a NumPy float64 scalar would promote float32 arithmetic to float64.
@@ -269,8 +300,6 @@ class SGD(Optimizer):
                     if p.grad is None:
                         continue
                     g = p.grad
-                    if tuple(g.shape) != p.shape:
-                        raise RuntimeError(f"a parameter of shape {p.shape} has a gradient of shape {tuple(g.shape)}")
                     if wd != 0:
                         # A new array: p.grad itself is never modified. A Python
                         # float times a float32 array stays float32.

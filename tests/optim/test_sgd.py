@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minires import backend
 from minires.nn import Parameter
 from minires.optim import SGD
 
@@ -236,3 +237,53 @@ def test_constructor_errors():
         SGD(p, lr=0.1)
     with pytest.raises(ValueError, match="unknown hyperparameter"):
         SGD([{"params": [p], "betas": (0.9, 0.99)}], lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "bad_grad, message",
+    [
+        (lambda s: np.zeros((2, 3, 2)), r"parameter 2 \(number 1 of group 1, shape \(2, 3, 2, 2\)\) has a gradient of shape \(2, 3, 2\)"),
+        (lambda s: np.zeros(s, dtype=np.float32), r"parameter 2 .* has dtype float64 but its gradient has dtype float32"),
+        (lambda s: np.zeros(s, dtype=np.int64), r"parameter 2 .* has dtype float64 but its gradient has dtype int64"),
+    ],
+    ids=["shape", "float32", "int64"],
+)
+def test_a_bad_gradient_changes_nothing(rng, bad_grad, message):
+    """A gradient that does not fit its parameter is refused before ANY parameter or
+    momentum buffer moves: the error must not leave the model half-updated."""
+    params = _params(rng)
+    opt = SGD([{"params": params[:1]}, {"params": params[1:]}], lr=0.1, momentum=0.9, weight_decay=1e-2)
+    _run(params, opt, [[rng.standard_normal(s) for s in SHAPES]])  # momentum buffers now exist
+    data = [p.data.copy() for p in params]
+    buffers = [opt.state[p]["momentum_buffer"].copy() for p in params]
+    for p, s in zip(params[:2], SHAPES[:2]):
+        p.grad = rng.standard_normal(s)
+    params[2].grad = bad_grad(SHAPES[2])
+    with pytest.raises(RuntimeError, match=message):
+        opt.step()
+    for p, d, b in zip(params, data, buffers):
+        np.testing.assert_array_equal(p.data, d)
+        np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], b)
+
+
+def test_a_gradient_that_is_not_an_array_is_refused_by_name(rng):
+    params = _params(rng)
+    before = params[0].data.copy()
+    params[0].grad = rng.standard_normal(SHAPES[0])
+    params[1].grad = [0.0] * 5
+    with pytest.raises(TypeError, match=r"parameter 1 .* has a gradient of type list, not an array"):
+        SGD(params, lr=0.1).step()
+    np.testing.assert_array_equal(params[0].data, before)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not backend.cupy_available(), reason=f"CUDA not usable: {backend.cupy_unavailable_reason()}")
+def test_a_gradient_on_another_device_changes_nothing(rng):
+    params = _params(rng)
+    before = [p.data.copy() for p in params]
+    params[0].grad = rng.standard_normal(SHAPES[0])
+    params[1].grad = backend.to_device(rng.standard_normal(SHAPES[1]), "cuda")
+    with pytest.raises(RuntimeError, match=r"parameter 1 .* is on cpu but its gradient is on cuda:0"):
+        SGD(params, lr=0.1, momentum=0.9).step()
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.data, b)
