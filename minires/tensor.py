@@ -101,6 +101,10 @@ class RemovableHandle:
 _FLOAT_KINDS = ("f",)
 
 
+# What a tensor may hold (NumPy dtype kinds): bool, signed and unsigned integers, floats.
+_TENSOR_KINDS = "biuf"
+
+
 def _to_array(data: Any, dtype: Any, dev: Device | None):
     """Turn ``data`` into a raw array on the right device with the right dtype."""
     if isinstance(data, Tensor):
@@ -112,7 +116,7 @@ def _to_array(data: Any, dtype: Any, dev: Device | None):
             array = backend.to_device(array, dev)
         if dtype is not None and array.dtype != np.dtype(dtype):
             array = array.astype(dtype)
-        return array
+        return _checked(array, data)
     # Python scalars, lists, NumPy scalars: float32 by default for floats, like
     # PyTorch, so that a stray Python float does not drag a model to float64.
     # NumPy scalars (np.float64(1.0)) keep their dtype, like NumPy arrays do.
@@ -125,11 +129,28 @@ def _to_array(data: Any, dtype: Any, dev: Device | None):
         array = array.astype(np.float32)
     elif array.dtype.kind in "iu":
         array = array.astype(np.int64)
-    elif array.dtype == np.dtype(object):
-        raise TypeError(f"cannot build a tensor from {type(data).__name__} holding mixed or non-numeric items")
+    array = _checked(array, data)
     if dev is not None and dev.type != "cpu":
         array = backend.to_device(array, dev)
     return array
+
+
+def _checked(array: Any, data: Any) -> Any:
+    """``array`` itself, if its dtype is one a tensor may hold; a TypeError naming the dtype otherwise.
+
+    NumPy happily makes arrays of strings (``<U3`` from "abc") or of Python
+    objects, on which no operation of minires has a meaning.
+    """
+    if array.dtype.kind in _TENSOR_KINDS:
+        return array
+    if array.dtype == np.dtype(object):
+        raise TypeError(
+            f"cannot build a tensor from {type(data).__name__} holding mixed or non-numeric items (dtype object)"
+        )
+    raise TypeError(
+        f"cannot build a tensor of dtype {array.dtype} from {type(data).__name__}: "
+        "tensors hold bool, integer or floating-point numbers"
+    )
 
 
 class Tensor:
@@ -150,7 +171,11 @@ class Tensor:
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "_hooks", "_retains_grad", "name", "__weakref__")
-    # Make NumPy defer to Tensor's reflected operators (ndarray + Tensor -> Tensor).
+    # ``ndarray + Tensor`` must give a Tensor, not an ndarray made with __array__
+    # (below) and cut from the graph. __array_ufunc__ = None makes NumPy's operators
+    # return NotImplemented, so Python calls Tensor.__radd__; a ufunc called directly,
+    # np.add(a, t), refuses with a TypeError. __array_priority__ asks the same of CuPy.
+    __array_ufunc__ = None
     __array_priority__ = 1000
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None, device: Any = None) -> None:
@@ -244,6 +269,26 @@ class Tensor:
 
     def tolist(self):
         return self.numpy().tolist()
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """NumPy's conversion protocol: ``np.asarray(t)`` is the data of a CPU tensor.
+
+        As with ``np.asarray`` on an array: no copy unless ``dtype`` asks for a
+        conversion or ``copy=True``; ``copy=False`` refuses to convert. A tensor
+        on the GPU is refused: the copy to the host is slow, so it must be
+        asked for with ``.cpu()`` or ``.numpy()``, as in PyTorch.
+        """
+        if self.device.type != "cpu":
+            raise TypeError(
+                f"cannot convert a tensor on {self.device} to a NumPy array: "
+                "call .cpu() or .numpy() first to copy it to the host"
+            )
+        array = self.data
+        if dtype is not None and array.dtype != np.dtype(dtype):
+            if copy is False:
+                raise ValueError(f"converting a {array.dtype} tensor to {np.dtype(dtype)} needs a copy, but copy=False")
+            return array.astype(dtype)
+        return array.copy() if copy else array
 
     def detach(self) -> "Tensor":
         """A tensor sharing the same data but cut from the graph (no grad)."""
@@ -342,8 +387,17 @@ class Tensor:
         return "tensor(" + body + "".join(", " + e for e in extras) + ")"
 
     def __bool__(self) -> bool:
+        """``if t:`` for a one-element tensor; more (or no) elements raise, as in PyTorch.
+
+        ``if x == y:`` on whole tensors is usually a mistake: ``(x == y).all()``
+        says whether every element matches.
+        """
         if self.data.size != 1:
-            raise ValueError(f"the truth value of a tensor with shape {self.shape} is ambiguous")
+            amount = "more than one value" if self.data.size else "no values"
+            raise RuntimeError(
+                f"the truth value of a tensor with {amount} is ambiguous (shape {self.shape}); "
+                "use .all() or .any() on a comparison, or .item() for one element"
+            )
         return bool(self.data.reshape(()))
 
     def __float__(self) -> float:
@@ -353,7 +407,10 @@ class Tensor:
         return int(self.item())
 
     # Python's default hash (identity) is kept on purpose: tensors are used as
-    # dictionary keys by the engine and by optimisers, like in PyTorch.
+    # dictionary keys by the engine and by optimisers, like in PyTorch. But ``==``
+    # is elementwise (see minires/ops), so ``t in some_list``, ``list.index`` and
+    # ``list.remove`` only work when they meet ``t`` itself first: to look a tensor
+    # up among others, compare ``id()``s or use a dict or set keyed by the tensor.
     __hash__ = object.__hash__
 
 

@@ -686,5 +686,5 @@ def test_properties_and_repr():
     assert "dtype=float64" in repr(Tensor(np.zeros(2)))
     with pytest.raises(TypeError, match="0-d"):
         len(Tensor(1.0))
-    with pytest.raises(ValueError, match="ambiguous"):
+    with pytest.raises(RuntimeError, match="more than one value is ambiguous"):  # PyTorch's error type
         bool(Tensor([1.0, 2.0]))

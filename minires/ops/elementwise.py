@@ -8,15 +8,24 @@ and returns d(loss)/d(input) for each input by the chain rule,
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from .. import backend
-from ..function import Function
+from ..backend import DeviceError
+from ..function import Function, _as_input, promote
+from ..tensor import Tensor
 from .broadcast import check_broadcastable, unbroadcast
 
 
 class _Binary(Function):
-    """Shared shape check for two-input broadcasting operations."""
+    """Shared shape check for two-input broadcasting operations.
+
+    The inputs are promoted to one dtype first (PyTorch's rules, see
+    :func:`minires.function.result_dtype`): float32 + int64 stays float32.
+    """
+
+    promotes = True
 
     @classmethod
     def apply(cls, a, b):  # type: ignore[override]
@@ -65,6 +74,11 @@ class Mul(_Binary):
 
 
 class Div(_Binary):
+    @classmethod
+    def apply(cls, a, b):  # type: ignore[override]
+        # True division gives floats even for integers: float32, as in PyTorch (NumPy: float64).
+        return super().apply(*promote(a, b, floating=True))
+
     @staticmethod
     def forward(ctx, a, b):
         ctx.save_for_backward(a, b)
@@ -77,6 +91,19 @@ class Div(_Binary):
         ga = unbroadcast(grad / b, a.shape) if ctx.needs_input_grad[0] else None
         gb = unbroadcast(-grad * a / (b * b), b.shape) if ctx.needs_input_grad[1] else None
         return ga, gb
+
+
+class _FloatUnary(Function):
+    """A one-input operation whose result is always floating (exp, log, sqrt, tanh, sigmoid).
+
+    Integer and bool inputs are computed in float32, as in PyTorch: NumPy
+    would give float64 (float16 for bool), and keeping the integer dtype would
+    round sigmoid(1) = 0.73 down to 0.
+    """
+
+    @classmethod
+    def apply(cls, a):  # type: ignore[override]
+        return super().apply(*promote(a, floating=True))
 
 
 class Neg(Function):
@@ -105,7 +132,7 @@ class Pow(Function):
         return grad * (p * a ** (p - 1))
 
 
-class Exp(Function):
+class Exp(_FloatUnary):
     @staticmethod
     def forward(ctx, a):
         xp = backend.get_array_module(a)
@@ -119,7 +146,7 @@ class Exp(Function):
         return grad * out
 
 
-class Log(Function):
+class Log(_FloatUnary):
     @staticmethod
     def forward(ctx, a):
         xp = backend.get_array_module(a)
@@ -132,7 +159,7 @@ class Log(Function):
         return grad / a
 
 
-class Sqrt(Function):
+class Sqrt(_FloatUnary):
     @staticmethod
     def forward(ctx, a):
         xp = backend.get_array_module(a)
@@ -146,7 +173,7 @@ class Sqrt(Function):
         return grad / (2 * out)
 
 
-class Tanh(Function):
+class Tanh(_FloatUnary):
     @staticmethod
     def forward(ctx, a):
         xp = backend.get_array_module(a)
@@ -160,13 +187,13 @@ class Tanh(Function):
         return grad * (1 - out * out)
 
 
-class Sigmoid(Function):
+class Sigmoid(_FloatUnary):
     @staticmethod
     def forward(ctx, a):
         xp = backend.get_array_module(a)
         # Written with exp(-|a|) so that neither branch overflows for large |a|.
         e = xp.exp(-xp.abs(a))
-        out = xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
+        out = xp.where(a >= 0, 1 / (1 + e), e / (1 + e))
         ctx.save_for_backward(out)
         return out
 
@@ -215,6 +242,37 @@ class Clip(Function):
         if high is not None:
             inside &= a <= high
         return grad * inside
+
+
+# ---------------------------------------------------------------------------
+# Comparisons (not differentiable: a bool result has no gradient)
+# ---------------------------------------------------------------------------
+
+COMPARISONS = {
+    "eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge,
+}
+
+
+def compare(name: str, a: Any, b: Any) -> Tensor:
+    """Elementwise ``a <op> b`` with broadcasting, as a bool Tensor that does not require grad.
+
+    Args:
+        name: one of ``COMPARISONS`` ("eq", "lt", ...).
+        a, b: Tensors, arrays or Python/NumPy scalars, broadcastable shapes.
+    Returns:
+        bool Tensor of the broadcast shape.
+
+    Both sides are promoted first, like ``a + b``: a float32 tensor compared
+    with 0.1 compares against 0.1 rounded to float32, as PyTorch does.
+    """
+    check_broadcastable(name, tuple(getattr(a, "shape", ())), tuple(getattr(b, "shape", ())))
+    a, b = promote(a, b)
+    like = next((x for x in (a, b) if isinstance(x, Tensor)), None)
+    a, b = _as_input(a, like), _as_input(b, like)
+    if a.device != b.device:
+        raise DeviceError(f"{name}: tensors on different devices ({a.device} and {b.device})")
+    # NumPy gives a scalar, not a 0-d array, when both sides are 0-d: Tensor.data is always an array.
+    return Tensor._wrap(a.xp.asarray(COMPARISONS[name](a.data, b.data)))
 
 
 class ToCopy(Function):

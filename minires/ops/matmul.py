@@ -17,6 +17,8 @@ def _swap_last(x):
 
 
 class MatMul(Function):
+    promotes = True  # an integer operand takes the float operand's dtype, as in ``+``
+
     @classmethod
     def apply(cls, a, b):  # type: ignore[override]
         sa, sb = tuple(getattr(a, "shape", ())), tuple(getattr(b, "shape", ()))

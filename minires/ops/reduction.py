@@ -13,21 +13,21 @@ import numpy as np
 
 from .. import backend
 from ..function import Function
+from .axes import normalize_axis
 
 
-def normalize_axes(axis: Any, ndim: int) -> tuple:
-    """Turn ``axis`` (None, int or tuple, negatives allowed) into a sorted tuple of axes."""
+def normalize_axes(axis: Any, ndim: int, op: str = "reduction") -> tuple:
+    """Turn ``axis`` (None, int or tuple, negatives allowed) into a sorted tuple of axes.
+
+    Raises AxisError (an IndexError) for an axis out of range and ValueError for
+    a repeated one, naming ``op``.
+    """
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    out = []
-    bound = max(ndim, 1)  # a 0-d tensor accepts axis 0 and -1, like PyTorch
-    for ax in axes:
-        if not isinstance(ax, (int, np.integer)) or isinstance(ax, bool) or not -bound <= ax < bound:
-            raise ValueError(f"axis {ax!r} is out of range for a tensor with {ndim} dimensions")
-        out.append(int(ax) % ndim if ndim else 0)
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = [normalize_axis(ax, ndim, op) for ax in axes]
     if len(set(out)) != len(out):
-        raise ValueError(f"repeated axis in {axis!r}")
+        raise ValueError(f"{op}: repeated axis in {axis!r}")
     if ndim == 0:
         # A 0-d tensor accepts axis 0 / -1 (as in PyTorch) but has no axis to reduce;
         # NumPy would reject axis=0 here, so reduce over nothing.
@@ -48,7 +48,7 @@ def _expand_like(grad: Any, in_shape: tuple, axes: tuple, keepdims: bool) -> Any
 class Sum(Function):
     @staticmethod
     def forward(ctx, a, axis=None, keepdims=False):
-        axes = normalize_axes(axis, a.ndim)
+        axes = normalize_axes(axis, a.ndim, "sum")
         ctx.meta = (a.shape, axes, keepdims)
         return a.sum(axis=axes, keepdims=keepdims)
 
@@ -62,7 +62,7 @@ class Sum(Function):
 class Mean(Function):
     @staticmethod
     def forward(ctx, a, axis=None, keepdims=False):
-        axes = normalize_axes(axis, a.ndim)
+        axes = normalize_axes(axis, a.ndim, "mean")
         count = 1
         for ax in axes:
             count *= a.shape[ax]
@@ -82,7 +82,7 @@ class Max(Function):
 
     @staticmethod
     def forward(ctx, a, axis=None, keepdims=False):
-        axes = normalize_axes(axis, a.ndim)
+        axes = normalize_axes(axis, a.ndim, "max")
         if a.size == 0:
             raise ValueError("max() of an empty tensor")
         out = a.max(axis=axes, keepdims=True)

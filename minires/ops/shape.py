@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from .. import backend
 from ..function import Function
 from ..tensor import Tensor
+from .axes import normalize_axis
 
 
 class Reshape(Function):
@@ -79,11 +80,15 @@ class GetItem(Function):
 
 
 class Concatenate(Function):
+    promotes = True  # float32 joined with int64 is float32, as for ``+``
+
     @staticmethod
     def forward(ctx, *arrays, axis=0):
         xp = backend.get_array_module(*arrays)
         ndim = arrays[0].ndim
-        ax = axis % ndim if ndim else 0
+        if ndim == 0:
+            raise ValueError("concatenate: a 0-d tensor has no axis to join along; use stack")
+        ax = normalize_axis(axis, ndim, "concatenate")
         for i, arr in enumerate(arrays):
             if arr.ndim != ndim or any(arr.shape[d] != arrays[0].shape[d] for d in range(ndim) if d != ax):
                 raise ValueError(
@@ -107,6 +112,8 @@ class Concatenate(Function):
 
 
 class Stack(Function):
+    promotes = True
+
     @staticmethod
     def forward(ctx, *arrays, axis=0):
         xp = backend.get_array_module(*arrays)
@@ -115,9 +122,8 @@ class Stack(Function):
                 raise ValueError(
                     f"stack: tensor {i} has shape {tuple(arr.shape)} but tensor 0 has {tuple(arrays[0].shape)}"
                 )
-        out = xp.stack(arrays, axis=axis)
-        ctx.axis = axis % out.ndim
-        return out
+        ctx.axis = normalize_axis(axis, arrays[0].ndim, "stack", new_axis=True)
+        return xp.stack(arrays, axis=ctx.axis)
 
     @staticmethod
     def backward(ctx, grad):
@@ -161,23 +167,32 @@ def permute(x: Tensor, *axes: Any) -> Tensor:
     """Reorder axes: ``permute(x, 0, 2, 3, 1)`` turns NCHW into NHWC."""
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = tuple(axes[0])
-    ndim = x.ndim
-    return Permute.apply(x, axes=tuple(int(a) % ndim if ndim else 0 for a in axes))
+    if len(axes) != x.ndim:
+        raise ValueError(
+            f"permute: got {len(axes)} axes {tuple(axes)} for a tensor of shape {x.shape} ({x.ndim} dimensions)"
+        )
+    order = tuple(normalize_axis(a, x.ndim, "permute") for a in axes)
+    if len(set(order)) != len(order):
+        raise ValueError(f"permute: repeated axis in {tuple(axes)}: each of the {x.ndim} axes must appear once")
+    return Permute.apply(x, axes=order)
 
 
 def transpose(x: Tensor, dim0: int = -2, dim1: int = -1) -> Tensor:
-    """Swap two axes (PyTorch's ``transpose(dim0, dim1)``); by default the last two."""
+    """Swap two axes (PyTorch's ``transpose(dim0, dim1)``); by default the last two.
+
+    Tensors with fewer than 2 dimensions accept the axes 0 and -1 (as in
+    PyTorch): there is nothing to swap, the values come back unchanged.
+    """
+    d0, d1 = normalize_axis(dim0, x.ndim, "transpose"), normalize_axis(dim1, x.ndim, "transpose")
     axes = list(range(x.ndim))
-    if x.ndim < 2:
-        raise ValueError(f"transpose needs at least 2 dimensions, got shape {x.shape}")
-    axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
+    if x.ndim:
+        axes[d0], axes[d1] = axes[d1], axes[d0]
     return Permute.apply(x, axes=tuple(axes))
 
 
 def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     """Merge axes ``start_dim..end_dim`` (inclusive) into one, like ``torch.flatten``."""
-    ndim = max(x.ndim, 1)
-    start, end = start_dim % ndim, end_dim % ndim
+    start, end = normalize_axis(start_dim, x.ndim, "flatten"), normalize_axis(end_dim, x.ndim, "flatten")
     if start > end:
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for shape {x.shape}")
     shape = x.shape
