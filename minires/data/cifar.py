@@ -789,7 +789,10 @@ def _ensure_batches(data_dir: Path, download: bool, url: str, md5: str, progress
     archive = data_dir / ARCHIVE_NAME
     if archive.is_file():
         # Placed there by the user (our own downloads are verified before they get this name).
-        got = file_md5(archive)
+        try:
+            got = file_md5(archive)
+        except OSError as exc:
+            raise _cannot_read(archive, exc) from exc
         if got != md5:
             raise CIFARFormatError(
                 f"{archive} has md5 {got}, expected {md5}: it is incomplete or not the official "

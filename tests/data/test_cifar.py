@@ -434,6 +434,23 @@ def test_archive_placed_by_hand_is_verified_and_extracted_without_network(root, 
     assert (other / cifar.ARCHIVE_NAME).exists() and not (other / cifar.BATCH_DIR).exists()
 
 
+def test_an_unreadable_archive_placed_by_hand_is_not_called_incomplete(root, tmp_path, monkeypatch):
+    from minires.data import CIFARReadError
+
+    target = tmp_path / "manual"
+    target.mkdir()
+    make_archive(root, target / cifar.ARCHIVE_NAME)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cifar, "file_md5", lambda path: refused())
+    with pytest.raises(CIFARReadError, match="Permission denied") as info:
+        load_cifar10(target, examples_per_batch=N, download=False)
+    assert cifar.ARCHIVE_NAME in str(info.value) and "Delete" not in str(info.value)
+    assert (target / cifar.ARCHIVE_NAME).exists()
+
+
 def _tar_with(path: Path, root: Path, evil: tarfile.TarInfo, payload: bytes = b"evil") -> None:
     """The synthetic dataset plus one extra member ``evil``."""
     with tarfile.open(path, "w:gz") as tar:
