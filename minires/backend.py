@@ -34,6 +34,7 @@ __all__ = [
     "cpu",
     "default_device",
     "get_array_module",
+    "is_array",
     "device_of",
     "to_device",
     "cupy_available",
@@ -214,6 +215,11 @@ def get_array_module(*arrays: Any):
         if _is_cupy_array(a):
             return _cupy()
     return np
+
+
+def is_array(value: Any) -> bool:
+    """True for a raw NumPy or CuPy array (what Tensors, buffers and checkpoints hold)."""
+    return isinstance(value, np.ndarray) or _is_cupy_array(value)
 
 
 def device_of(array: Any) -> Device:

@@ -76,10 +76,6 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------
 
 
-def _is_array(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or backend.device_of(x).type == "cuda"
-
-
 def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
     """Turn ``obj`` into JSON-able data, moving arrays into ``arrays``."""
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -89,7 +85,7 @@ def _encode(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
         key = f"a/{len(arrays)}"
         arrays[key] = np.asarray(obj)
         return {"__scalar__": key}
-    if _is_array(obj):
+    if backend.is_array(obj):
         key = f"a/{len(arrays)}"
         # (np.ascontiguousarray would turn a 0-d array into shape (1,))
         host = np.asarray(backend.to_device(obj, "cpu"), order="C")

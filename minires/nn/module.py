@@ -36,11 +36,6 @@ from .parameter import Parameter
 __all__ = ["Module", "Sequential", "ModuleList", "IncompatibleKeys"]
 
 
-def _is_array(value: Any) -> bool:
-    """True for a raw NumPy or CuPy array (what buffers hold)."""
-    return isinstance(value, np.ndarray) or backend.device_of(value).type == "cuda"
-
-
 def _check_name(kind: str, name: Any) -> None:
     if not isinstance(name, str):
         raise TypeError(f"{kind} name must be a string, got {type(name).__name__}")
@@ -140,7 +135,7 @@ class Module:
             raise KeyError(f"attribute {name!r} already exists on {type(self).__name__}")
         if isinstance(array, Tensor):
             array = array.data
-        if array is not None and not _is_array(array):
+        if array is not None and not backend.is_array(array):
             raise TypeError(f"buffer {name!r} must be an array, a Tensor or None, got {type(array).__name__}")
         self._buffers[name] = array
         if persistent:
@@ -194,7 +189,7 @@ class Module:
         if buffers is not None and name in buffers:
             if isinstance(value, Tensor):
                 value = value.data
-            if value is not None and not _is_array(value):
+            if value is not None and not backend.is_array(value):
                 raise TypeError(f"cannot assign {type(value).__name__} as buffer {name!r} (array or None expected)")
             buffers[name] = value
             return
@@ -448,7 +443,7 @@ class Module:
             value = state_dict[key]
             if isinstance(value, Tensor):
                 value = value.data
-            if not _is_array(value):
+            if not backend.is_array(value):
                 try:
                     value = np.asarray(value)
                 except Exception as exc:  # e.g. a torch tensor that still requires grad

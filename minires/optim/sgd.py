@@ -132,7 +132,7 @@ class Optimizer:
             for p in group["params"]:
                 if p in self.state:
                     state[index[id(p)]] = {
-                        name: backend.to_device(value, backend.cpu).copy() if _is_array(value) else copy.deepcopy(value)
+                        name: backend.to_device(value, backend.cpu).copy() if backend.is_array(value) else copy.deepcopy(value)
                         for name, value in self.state[p].items()
                     }
         return {"state": state, "param_groups": groups}
@@ -183,7 +183,7 @@ class Optimizer:
                     continue
                 if isinstance(value, Tensor):
                     value = value.data
-                if not _is_array(value):
+                if not backend.is_array(value):
                     value = np.asarray(value)
                 if tuple(value.shape) != p.shape:
                     problems.append(
@@ -211,10 +211,6 @@ class Optimizer:
                 lines.append(f"    {key}: {group[key]}")
         lines.append(")")
         return "\n".join(lines)
-
-
-def _is_array(value: Any) -> bool:
-    return isinstance(value, np.ndarray) or backend.device_of(value).type == "cuda"
 
 
 class SGD(Optimizer):
