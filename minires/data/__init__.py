@@ -1,9 +1,18 @@
 """Data for minires: CIFAR-10 on disk -> uint8 arrays -> augmented float32 mini-batches.
 
-Three modules, one concept each:
+One concept per module, in the order the data flows:
 
-* :mod:`minires.data.cifar`: find, download, verify, decode and cache CIFAR-10
-  (:func:`load_cifar10` returns uint8 NCHW arrays and int64 labels);
+* :mod:`minires.data.release`: what the official CIFAR-10 release holds and
+  where minires looks for it (:func:`resolve_data_dir`);
+* :mod:`minires.data.errors`: what can go wrong, and the fix each error suggests;
+* :mod:`minires.data.download`: fetch the archive and check its MD5;
+* :mod:`minires.data.archive`: unpack it without letting it write outside
+  the data directory;
+* :mod:`minires.data.decode`: the pickled batches -> uint8 NCHW images and
+  int64 labels, through an unpickler that cannot run code;
+* :mod:`minires.data.cache`: the decoded arrays as ``.npy`` files, verified
+  by SHA-256 and rebuilt when damaged;
+* :mod:`minires.data.cifar`: :func:`load_cifar10`, which ties the above together;
 * :mod:`minires.data.transforms`: batch-wise, vectorised random crop, flip and
   normalisation that run on whichever device holds the batch;
 * :mod:`minires.data.loader`: :class:`DataLoader` (seeded shuffling,
@@ -19,22 +28,19 @@ Typical use::
     test = DataLoader(cifar.test_images, cifar.test_labels, batch_size=1000, shuffle=False)
 """
 
-from .cifar import (
-    CIFAR10,
-    CIFAR10_MD5,
-    CIFAR10_URL,
+from .archive import extract_archive
+from .cifar import CIFAR10, load_cifar10
+from .download import download_cifar10
+from .errors import (
     CIFARDownloadError,
     CIFARError,
     CIFARFormatError,
     CIFARNotFoundError,
     CIFARReadError,
     UnsafeArchiveError,
-    download_cifar10,
-    extract_archive,
-    load_cifar10,
-    resolve_data_dir,
 )
 from .loader import DataLoader, split_validation, subset
+from .release import CIFAR10_MD5, CIFAR10_URL, resolve_data_dir
 from .transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,

@@ -47,7 +47,8 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Tensor
-from .transforms import CIFAR10_MEAN, CIFAR10_STD, normalize as _normalize, to_float
+from .transforms import CIFAR10_MEAN, CIFAR10_STD, to_float
+from .transforms import normalize as _normalize
 
 __all__ = ["DataLoader", "split_validation", "subset"]
 
@@ -124,6 +125,53 @@ def _generator(seed: int, *key: int) -> np.random.Generator:
 _ORDER_STREAM, _AUGMENT_STREAM = 0, 1
 
 
+def _is_count(value: Any, smallest: int) -> bool:
+    """Whether ``value`` is an integer ``>= smallest`` (an integral float passes, a bool does not)."""
+    return not isinstance(value, bool) and int(value) == value and value >= smallest
+
+
+def _check_arguments(
+    images: Any, labels: Any, batch_size: Any, seed: Any, prefetch: Any, augment: Any
+) -> None:
+    """Refuse bad :class:`DataLoader` arguments when it is built, not at the first batch."""
+    if _check_pair(images, labels) == 0:
+        raise ValueError("cannot build a DataLoader over 0 examples")
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
+        raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got {labels.dtype}")
+    if not _is_count(batch_size, 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not _is_count(seed, 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not _is_count(prefetch, 0):
+        raise ValueError(f"prefetch must be a non-negative integer (0, 1, 2, ...), got {prefetch!r}")
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment must be None or a callable(batch, rng), got {type(augment).__name__}")
+
+
+def _mean_and_std(normalize: Any, channels: int) -> tuple[tuple, tuple] | None:
+    """The per-channel ``(mean, std)`` the ``normalize`` argument asks for, or None for none."""
+    if normalize is True:
+        mean_std = (CIFAR10_MEAN, CIFAR10_STD)
+    elif normalize is False:
+        return None
+    else:
+        try:
+            mean, std = normalize
+        except (TypeError, ValueError):
+            raise ValueError(f"normalize must be True, False or (mean, std), got {normalize!r}") from None
+        mean_std = (tuple(mean), tuple(std))
+    if not len(mean_std[0]) == len(mean_std[1]) == channels:
+        # Fail here, not on the first batch deep inside a training loop.
+        raise ValueError(
+            f"normalize needs one mean and one std per channel: images have {channels} channels, got "
+            f"{len(mean_std[0])} means and {len(mean_std[1])} stds (pass normalize=False or "
+            "normalize=(mean, std))"
+        )
+    return mean_std
+
+
 class DataLoader:
     """Iterate over ``(images, labels)`` in mini-batches of Tensors.
 
@@ -164,39 +212,8 @@ class DataLoader:
         device: Any = "cpu",
         prefetch: int = 0,
     ) -> None:
-        n = _check_pair(images, labels)
-        if n == 0:
-            raise ValueError("cannot build a DataLoader over 0 examples")
-        if images.dtype != np.uint8 and images.dtype.kind != "f":
-            raise TypeError(f"images must be uint8 or floating, got {images.dtype}")
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"labels must be integers, got {labels.dtype}")
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        if isinstance(prefetch, bool) or int(prefetch) != prefetch or prefetch < 0:
-            raise ValueError(f"prefetch must be a non-negative integer (0, 1, 2, ...), got {prefetch!r}")
-        if augment is not None and not callable(augment):
-            raise TypeError(f"augment must be None or a callable(batch, rng), got {type(augment).__name__}")
-        if normalize is True:
-            self._mean_std = (CIFAR10_MEAN, CIFAR10_STD)
-        elif normalize is False:
-            self._mean_std = None
-        else:
-            try:
-                mean, std = normalize
-            except (TypeError, ValueError):
-                raise ValueError(f"normalize must be True, False or (mean, std), got {normalize!r}") from None
-            self._mean_std = (tuple(mean), tuple(std))
-        channels = int(images.shape[1])
-        if self._mean_std is not None and not len(self._mean_std[0]) == len(self._mean_std[1]) == channels:
-            # Fail here, not on the first batch deep inside a training loop.
-            raise ValueError(
-                f"normalize needs one mean and one std per channel: images have {channels} channels, got "
-                f"{len(self._mean_std[0])} means and {len(self._mean_std[1])} stds (pass normalize=False or "
-                "normalize=(mean, std))"
-            )
+        _check_arguments(images, labels, batch_size, seed, prefetch, augment)
+        self._mean_std = _mean_and_std(normalize, channels=int(images.shape[1]))
         self.images = images
         # int64 is what cross-entropy indexes with; converting once here, not per batch.
         self.labels = labels if labels.dtype == np.int64 else labels.astype(np.int64)
@@ -231,7 +248,7 @@ class DataLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` produce epoch ``epoch`` from its first batch."""
-        if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 0:
+        if not _is_count(epoch, 0):
             raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
         self._epoch = int(epoch)
         self._position = 0

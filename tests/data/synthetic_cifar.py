@@ -1,9 +1,10 @@
 """Write a small, fake CIFAR-10 directory in the official python layout, for tests.
 
 The files have exactly the structure of the real release (see
-``minires/data/cifar.py``): ``cifar-10-batches-py/`` with ``data_batch_1`` ...
-``data_batch_5``, ``test_batch`` and ``batches.meta``, each a protocol-2
-pickle of a dict with bytes keys. Only the number of images per batch differs
+``minires/data/release.py`` and ``minires/data/decode.py``):
+``cifar-10-batches-py/`` with ``data_batch_1`` ... ``data_batch_5``,
+``test_batch`` and ``batches.meta``, each a protocol-2 pickle of a dict with
+bytes keys. Only the number of images per batch differs
 (load them with ``load_cifar10(root, examples_per_batch=n)``), and the pixels
 are random bytes.
 
