@@ -36,7 +36,7 @@ import numpy as np
 
 import minires as mr
 import minires.nn.functional as F
-from minires.kernels import conv as conv_kernels
+from minires.fast import threads as conv_kernels
 
 try:
     import torch

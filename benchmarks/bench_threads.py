@@ -1,7 +1,7 @@
 """What handing work to a second thread costs on this machine.
 
 minires' CPU kernels share their work between threads (``MINIRES_NUM_THREADS``,
-default: the cores, at most 2) through :func:`minires.kernels.conv.run_chunks`.
+default: the cores, at most 2) through :func:`minires.fast.threads.run_chunks`.
 NumPy releases CPython's global interpreter lock (GIL) while it loops over
 an array, so two threads can compute at once; but every NumPy call starts
 and ends under the GIL, and a thread that wants the GIL while the other
@@ -76,7 +76,7 @@ def executor_round_trip(trips: int) -> float:
 
 def empty_region(trips: int) -> float | None:
     """Seconds per empty parallel region of ``run_chunks`` on 2 threads (None if it would not use 2)."""
-    from minires.kernels import conv
+    from minires.fast import threads as conv
 
     if conv.num_threads() < 2 or conv._blas_controller() is None:
         return None
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|")
     print(f"| lock passed to another thread and back (two wake-ups) | {lock * 1e6:.1f} |")
     print(f"| ThreadPoolExecutor submit + result, empty task | {pool * 1e6:.1f} |")
-    print("| empty parallel region, minires.kernels.conv.run_chunks, 2 threads | "
+    print("| empty parallel region, minires.fast.threads.run_chunks, 2 threads | "
           + ("not threaded here (one thread, or threadpoolctl missing)" if region is None
              else f"{region * 1e6:.1f}") + " |")
 

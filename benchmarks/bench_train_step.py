@@ -13,8 +13,8 @@ machine hits both; the table reports medians and the fastest step. Before
 each minires step the script sleeps 30 ms so that PyTorch's OpenMP threads,
 which spin for a while after each parallel region, are idle again.
 
-minires runs its step inside :func:`minires.kernels.conv.single_threaded_blas`,
-and calls :func:`minires.allocator.keep_freed_memory` before its first step,
+minires runs its step inside :func:`minires.fast.threads.single_threaded_blas`,
+and calls :func:`minires.fast.allocator.keep_freed_memory` before its first step,
 exactly as :class:`minires.train.Trainer` does (``--malloc glibc`` skips the
 latter). That setting is process-wide, so PyTorch's timed steps, which share
 the process, run with it too: the time ratio compares the two under the same
@@ -77,7 +77,7 @@ def minires_step(depth: int, batch: int, keep_memory: bool = True) -> tuple[Call
     from minires import models, optim
 
     try:
-        from minires.kernels.conv import single_threaded_blas
+        from minires.fast.threads import single_threaded_blas
     except ImportError:  # an older minires (to time a baseline): the same setting, spelled out
         from threadpoolctl import threadpool_limits
 
@@ -86,7 +86,7 @@ def minires_step(depth: int, batch: int, keep_memory: bool = True) -> tuple[Call
 
     if keep_memory:
         try:
-            from minires.allocator import keep_freed_memory
+            from minires.fast.allocator import keep_freed_memory
         except ImportError:  # an older minires (to time a baseline) has no such setting
             pass
         else:
@@ -258,7 +258,7 @@ def profile_threads(step: Callable[[], float], steps: int) -> None:
     """Time every parallel region of the step and what each kernel thread does in it.
 
     The kernels share their work among threads through ONE function,
-    :func:`minires.kernels.conv.run_chunks` (a "region": the caller hands
+    :func:`minires.fast.threads.run_chunks` (a "region": the caller hands
     each worker its chunks, works on its own share, then waits for the
     workers). This wraps it, for the duration of the profile, and records per
     region its wall time and, per thread, when it started working and for
@@ -277,7 +277,7 @@ def profile_threads(step: Callable[[], float], steps: int) -> None:
     """
     import threading
 
-    from minires.kernels import batch_norm, conv, relu
+    from minires.fast import batch_norm, conv, relu
 
     original = conv.run_chunks
     users = [m for m in (conv, batch_norm, relu) if getattr(m, "run_chunks", None) is original]
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=["ops", "cprofile", "threads"],
                         help="profile minires' step instead: by op, by Python function, or its parallel regions")
     parser.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
-                        help="keep: minires.allocator.keep_freed_memory(), as Trainer does (default); glibc: its defaults")
+                        help="keep: minires.fast.allocator.keep_freed_memory(), as Trainer does (default); glibc: its defaults")
     parser.add_argument("--child", choices=["minires", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads < 1:
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(machine_lines(args.threads)))
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
-    print(f"malloc: {'minires.allocator.keep_freed_memory() (process-wide, PyTorch timed with it too)' if args.malloc == 'keep' else 'glibc defaults'}")
+    print(f"malloc: {'minires.fast.allocator.keep_freed_memory() (process-wide, PyTorch timed with it too)' if args.malloc == 'keep' else 'glibc defaults'}")
     print(f"batch {args.batch}, float32, {args.steps} alternating timed steps after {args.warmup} warm-up "
           "steps each; times in ms\n")
 

@@ -35,7 +35,6 @@ import numpy as np
 
 from . import backend
 from .backend import Device, DeviceError
-from .kernels.aligned import empty_aligned_like
 
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "tensor"]
 
@@ -460,14 +459,19 @@ def _as_array(a: Any) -> Any:
 def _sum_of_gradients(a: Any, b: Any) -> Any:
     """``a + b`` in a new array: not ``a += b``, as either may alias an array a Function still owns.
 
-    The new array takes a's memory layout and, on the CPU, starts a memory
-    page like the kernels' own arrays (see :mod:`minires.kernels.aligned`):
-    a residual block's input gradient is such a sum, and the batch norm
-    backward that reads it next runs at full speed only then.
+    A speed plug-in may replace this sum (:func:`set_gradient_sum`): the fast
+    CPU set places it at the start of a memory page, like its own arrays.
     """
-    if backend.get_array_module(a, b) is not np:
-        return a + b
-    return np.add(a, b, out=empty_aligned_like(a))
+    return a + b if _gradient_sum is None else _gradient_sum(a, b)
+
+
+_gradient_sum: Callable[[Any, Any], Any] | None = None
+
+
+def set_gradient_sum(fn: Callable[[Any, Any], Any] | None) -> None:
+    """Let ``fn(a, b)`` (same values as ``a + b``, a new array) sum gradient contributions; None restores ``+``."""
+    global _gradient_sum
+    _gradient_sum = fn
 
 
 def _run_backward(root: Tensor, seed: Any, retain_graph: bool) -> None:
@@ -489,7 +493,8 @@ def _run_backward(root: Tensor, seed: Any, retain_graph: bool) -> None:
                     grad = _as_array(replaced.data if isinstance(replaced, Tensor) else replaced)
                     if tuple(grad.shape) != node.shape:
                         raise RuntimeError(
-                            f"a hook returned a gradient of shape {tuple(grad.shape)} for a tensor of shape {node.shape}"
+                            f"a hook returned a gradient of shape {tuple(grad.shape)} "
+                            f"for a tensor of shape {node.shape}"
                         )
             ctx = node._ctx
             if ctx is None or node._retains_grad:

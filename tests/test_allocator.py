@@ -1,4 +1,4 @@
-"""minires.allocator: keep_freed_memory asks glibc to keep freed blocks, or says it could not."""
+"""minires.fast.allocator: keep_freed_memory asks glibc to keep freed blocks, or says it could not."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from minires import allocator
+from minires.fast import allocator
 
 
 def _run(code: str) -> str:
@@ -26,7 +26,7 @@ def test_a_steps_freed_arrays_are_reused_instead_of_returned_to_the_kernel():
     code = """
         import resource, sys
         import numpy as np
-        from minires.allocator import keep_freed_memory
+        from minires.fast.allocator import keep_freed_memory
         if MODE == "keep":
             assert keep_freed_memory() is True
         def faults():

@@ -44,7 +44,7 @@ def test_region_summary_adds_up_a_known_step():
 def test_thread_profile_sees_every_region_of_a_real_kernel_and_restores_run_chunks(capsys):
     import numpy as np
 
-    from minires.kernels import batch_norm, conv, relu
+    from minires.fast import batch_norm, conv, relu
 
     bench = _load("bench_train_step")
     originals = (conv.run_chunks, batch_norm.run_chunks, relu.run_chunks)

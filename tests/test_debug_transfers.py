@@ -31,7 +31,6 @@ from minires.optim import SGD
 from minires.tensor import Tensor
 from minires.train import TrainConfig, Trainer
 
-
 # ---------------------------------------------------------------------------
 # What is counted
 # ---------------------------------------------------------------------------

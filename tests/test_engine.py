@@ -37,8 +37,8 @@ def test_diamond_gradients_sum(rng):
 def test_diamond_sum_is_a_new_page_aligned_array_in_the_first_gradients_layout(rng):
     """The summed gradient of a residual block's input: right values, a fresh array (neither
     contribution is modified), starting a memory page and keeping the channels-last layout."""
-    from minires.kernels.aligned import PAGE_BYTES
-    from minires.kernels.conv import empty_channels_last, is_channels_last
+    from minires.fast.layout import empty_channels_last, is_channels_last
+    from minires.fast.memory import PAGE_BYTES
 
     x_np, a_np, g = (empty_channels_last(np, (2, 3, 4, 5), np.float64) for _ in range(3))
     for array in (x_np, a_np, g):

@@ -12,9 +12,9 @@ import re
 import numpy as np
 import pytest
 from hypothesis import given
+from strategies import arrays, broadcastable_shapes, seeds, shapes
 
 from minires import Function, GradcheckError, Tensor, gradcheck, numerical_gradient
-from strategies import arrays, broadcastable_shapes, seeds, shapes
 
 _MESSAGE = re.compile(
     r"input (?P<input>\d+) \(shape (?P<shape>\([^)]*\))\): (?P<bad>\d+) of (?P<size>\d+) elements differ; "

@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-import minires as mr
 from strategies import (
     arrays,
     arrays_away_from,
@@ -35,6 +33,8 @@ from strategies import (
     separated_pair,
     shapes,
 )
+
+import minires as mr
 
 
 def check(fn, arrays_, seed, expected=None):

@@ -1,16 +1,17 @@
-"""The hand-written hot spots, on raw NumPy/CuPy arrays (no Tensor, no autograd).
+"""The mathematics of the hot spots, on raw NumPy/CuPy arrays (no Tensor, no autograd).
 
-One concept per module, each with a readable reference implementation and,
-where it pays, a fast path that the layers use (tests check one against the
-other and against PyTorch):
+One concept per module, each written once for NumPy and CuPy through the
+array module (``xp = get_array_module(x)``), with the derivation in its
+docstring. This is the ``reference`` kernel set: what a learner reads, and
+what runs under ``MINIRES_KERNELS=reference`` (:mod:`minires.dispatch`).
 
     im2col         im2col / col2im: a convolution as one matrix product; why col2im sums
-    conv           conv2d forward/backward (reference, and the chunked channels-last fast path)
+    conv           conv2d forward/backward: im2col, one matrix product, col2im
+    batch_norm     batch normalisation, training and evaluation, and its backward derived
     relu           relu forward/backward
-    pooling        max / average / global-average pooling
-    batch_norm     batch normalisation
+    pooling        max / average / global-average pooling through im2col
     cross_entropy  softmax cross-entropy
-    aligned        page-aligned arrays: why a buffer's address changes the speed of a copy
 
-:mod:`minires.nn.functional` wraps these in :class:`~minires.Function` classes.
+:mod:`minires.nn.functional` wraps these in :class:`~minires.Function` classes;
+the fast versions live in :mod:`minires.fast` (CPU) and :mod:`minires.cuda` (GPU).
 """

@@ -42,16 +42,10 @@ each pixel by the number of windows that contain it (9 for the interior of a
 3x3, stride-1 convolution). It is an inverse only when windows neither overlap
 nor skip pixels (stride == kernel size, no padding).
 
-Implementation: both directions use no Python loop over pixels. im2col builds
-a strided VIEW of the padded input whose axes are (n, c, kh, kw, h_out, w_out)
-(no data moves; each axis just steps through memory differently) and copies it
-once. col2im does the reverse with ``kH * kW`` vectorised slice-adds: tap
-(i, j) of every window lands on the strided grid of pixels
-``(i dH + sH * h_out, j dW + sW * w_out)``, and adding one tap for all windows
-at once never hits a pixel twice, so ``+=`` on a slice is exact.
-
-The fast convolution in :mod:`minires.kernels.conv` uses the same strided view
-in a channels-last layout (:func:`sliding_windows` with ``channels_last=True``).
+Implementation, with no Python loop over pixels: im2col copies once from a
+strided VIEW of the padded input with axes (n, c, kh, kw, h_out, w_out);
+col2im adds tap (i, j) of all windows onto its strided grid of pixels, one
+``+=`` per tap, exact because one tap never hits a pixel twice.
 """
 
 from __future__ import annotations
@@ -200,10 +194,6 @@ def im2col(x: Any, kernel_size: Any, stride: Any = 1, padding: Any = 0, dilation
     n, c, h, w = x.shape
     out_hw = output_hw((h, w), kernel, stride_, pad, dil, what="im2col")
     xp = get_array_module(x)
-    if xp.__name__ != "numpy":  # GPU: a gather CUDA kernel (kernels/cuda/im2col.py)
-        from .cuda import im2col as cuda_im2col
-        if cuda_im2col.supported(x):
-            return cuda_im2col.im2col(x, kernel, stride_, pad, dil)
     padded = xp.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1]))) if any(pad) else x
     windows = sliding_windows(padded, kernel, stride_, dil, out_hw)
     # The reshape merges (c, kh, kw) and (h_out, w_out); windows overlap in
@@ -242,10 +232,6 @@ def col2im(
             f"stride {stride_}, padding {pad}, dilation {dil}; got {tuple(getattr(cols, 'shape', ()))}"
         )
     xp = get_array_module(cols)
-    if xp.__name__ != "numpy":  # GPU: col2im as a gather, no atomics (kernels/cuda/im2col.py)
-        from .cuda import im2col as cuda_im2col
-        if cuda_im2col.supported(cols):
-            return cuda_im2col.col2im(cols, (n, c, h, w), kernel, stride_, pad, dil)
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride_, dil
     padded = xp.zeros((n, c, h + 2 * pad[0], w + 2 * pad[1]), dtype=cols.dtype)
     taps = cols.reshape(n, c, kh, kw, ho, wo)

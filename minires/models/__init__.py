@@ -14,9 +14,29 @@
 from .blocks import BasicBlock, Block, Bottleneck, PlainBlock, PlainBottleneck
 from .registry import create, names, register
 from .resnet import (
-    PlainNet, ResNet, cifar_depths, plain18, plain20, plain32, plain34, plain44, plain56, plain110, plain_cifar,
-    resnet18, resnet20, resnet32, resnet34, resnet44, resnet50, resnet56, resnet101, resnet110, resnet152,
-    resnet1202, resnet_cifar,
+    PlainNet,
+    ResNet,
+    cifar_depths,
+    plain18,
+    plain20,
+    plain32,
+    plain34,
+    plain44,
+    plain56,
+    plain110,
+    plain_cifar,
+    resnet18,
+    resnet20,
+    resnet32,
+    resnet34,
+    resnet44,
+    resnet50,
+    resnet56,
+    resnet101,
+    resnet110,
+    resnet152,
+    resnet1202,
+    resnet_cifar,
 )
 from .shortcuts import SHORTCUT_OPTIONS, PadShortcut, ProjectionShortcut, make_shortcut
 

@@ -51,15 +51,10 @@ class Block(nn.Module):
     ``tensor.register_hook(...)`` on the "input" to see ``dL/dx`` of every
     block. With no tap registered ``_tap`` returns after one attribute check.
 
-    Fused forward. Every batch norm of a block is followed by a ReLU (the
-    last one after the addition), and in training mode the blocks run each
-    such ``relu(bn(z) [+ s])`` as one fused Function
-    (:meth:`minires.nn.BatchNorm2d.fused_relu`): the same numbers and
-    gradients, fewer passes over memory (about 10% of a ResNet-20 step on
-    the CPU). The fused path has no tensor for ``F(x)``, so a block takes it
-    only when no tap is registered and its ReLU module has no forward hook;
-    otherwise it runs the layers one by one as written in ``_branch`` and
-    ``forward``, which is also what evaluation mode runs.
+    The forwards below are the whole computation. Under the fast kernel set
+    (:mod:`minires.dispatch`), :mod:`minires.fast.fused` may run a training
+    block with each batch norm fused with its ReLU (and the addition): the
+    same numbers and gradients, and only when no tap is registered.
     """
 
     def __init__(self) -> None:
@@ -82,28 +77,6 @@ class Block(nn.Module):
         for fn in list(self._taps):  # a copy: a tap may remove itself
             fn(self, name, tensor)
 
-    _bn_names: tuple[str, ...] = ()  # the batch norms that the fused forward fuses with a ReLU
-
-    def _fuse(self) -> bool:
-        """True when the fused forward may run: training mode, and nothing watches the intermediate tensors."""
-        if not self.training or self._taps:
-            return False
-        return all(can_fuse(getattr(self, name), self.relu) for name in self._bn_names)
-
-
-def can_fuse(bn: nn.Module, relu: nn.Module) -> bool:
-    """True when ``relu(bn(z) + r)`` may run as ``bn.fused_relu(z, r)``: a stock BatchNorm2d and a stock ReLU.
-
-    Not for replacements (the diagnostics swap BNs for ``Identity``; an
-    experiment may swap the activation), subclasses or instances with their
-    own ``forward``, which the fused Function would bypass, nor for a ReLU
-    with forward hooks, which must see its output as a tensor of its own.
-    """
-    def stock(module: nn.Module, cls: type) -> bool:
-        return isinstance(module, cls) and type(module).forward is cls.forward and "forward" not in vars(module)
-
-    return stock(bn, nn.BatchNorm2d) and stock(relu, nn.ReLU) and not relu._forward_hooks
-
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     # Padding 1 keeps H x W at stride 1 and gives ceil(H/2) at stride 2. No bias:
@@ -124,7 +97,6 @@ class _BasicBranch(Block):
     """The layers shared by :class:`BasicBlock` and :class:`PlainBlock`."""
 
     expansion = 1
-    _bn_names = ("bn1", "bn2")
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -139,11 +111,6 @@ class _BasicBranch(Block):
     def _branch(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out))
-
-    def _fused_forward(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
-        """``relu(_branch(x) + shortcut)`` with each BN and its ReLU (and the addition) fused (see :class:`Block`)."""
-        out = self.bn1.fused_relu(self.conv1(x))
-        return self.bn2.fused_relu(self.conv2(out), residual=shortcut)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -180,14 +147,11 @@ class BasicBlock(_BasicBranch):
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_planes, H, W) -> (N, planes * expansion, ceil(H/stride), ceil(W/stride))``."""
         self._tap("input", x)
-        if self._fuse():
-            y = self._fused_forward(x, self.downsample(x))
-        else:
-            f = self._branch(x)
-            self._tap("residual", f)
-            s = self.downsample(x)
-            self._tap("shortcut", s)
-            y = self.relu(f + s)
+        f = self._branch(x)
+        self._tap("residual", f)
+        s = self.downsample(x)
+        self._tap("shortcut", s)
+        y = self.relu(f + s)
         self._tap("output", y)
         return y
 
@@ -217,12 +181,9 @@ class PlainBlock(_BasicBranch):
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_planes, H, W) -> (N, planes * expansion, ceil(H/stride), ceil(W/stride))``."""
         self._tap("input", x)
-        if self._fuse():
-            y = self._fused_forward(x)
-        else:
-            f = self._branch(x)
-            self._tap("residual", f)
-            y = self.relu(f)
+        f = self._branch(x)
+        self._tap("residual", f)
+        y = self.relu(f)
         self._tap("output", y)
         return y
 
@@ -234,7 +195,6 @@ class _BottleneckBranch(Block):
     """The layers shared by :class:`Bottleneck` and :class:`PlainBottleneck`."""
 
     expansion = 4
-    _bn_names = ("bn1", "bn2", "bn3")
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, stride_in_1x1: bool = False) -> None:
         super().__init__()
@@ -258,12 +218,6 @@ class _BottleneckBranch(Block):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
-
-    def _fused_forward(self, x: Tensor, shortcut: Tensor | None = None) -> Tensor:
-        """``relu(_branch(x) + shortcut)`` with each BN and its ReLU (and the addition) fused (see :class:`Block`)."""
-        out = self.bn1.fused_relu(self.conv1(x))
-        out = self.bn2.fused_relu(self.conv2(out))
-        return self.bn3.fused_relu(self.conv3(out), residual=shortcut)
 
     @property
     def last_bn(self) -> nn.BatchNorm2d:
@@ -302,14 +256,11 @@ class Bottleneck(_BottleneckBranch):
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_planes, H, W) -> (N, planes * expansion, ceil(H/stride), ceil(W/stride))``."""
         self._tap("input", x)
-        if self._fuse():
-            y = self._fused_forward(x, self.downsample(x))
-        else:
-            f = self._branch(x)
-            self._tap("residual", f)
-            s = self.downsample(x)
-            self._tap("shortcut", s)
-            y = self.relu(f + s)
+        f = self._branch(x)
+        self._tap("residual", f)
+        s = self.downsample(x)
+        self._tap("shortcut", s)
+        y = self.relu(f + s)
         self._tap("output", y)
         return y
 
@@ -339,12 +290,9 @@ class PlainBottleneck(_BottleneckBranch):
     def forward(self, x: Tensor) -> Tensor:
         """``(N, in_planes, H, W) -> (N, planes * expansion, ceil(H/stride), ceil(W/stride))``."""
         self._tap("input", x)
-        if self._fuse():
-            y = self._fused_forward(x)
-        else:
-            f = self._branch(x)
-            self._tap("residual", f)
-            y = self.relu(f)
+        f = self._branch(x)
+        self._tap("residual", f)
+        y = self.relu(f)
         self._tap("output", y)
         return y
 

@@ -36,7 +36,7 @@ import numpy as np
 from .. import nn
 from ..nn import init
 from ..tensor import Tensor
-from .blocks import BasicBlock, Block, Bottleneck, PlainBlock, PlainBottleneck, can_fuse
+from .blocks import BasicBlock, Block, Bottleneck, PlainBlock, PlainBottleneck
 from .registry import register
 
 __all__ = [
@@ -168,10 +168,7 @@ class ResNet(nn.Module):
         """Images ``(N, in_channels, H, W)`` -> logits ``(N, num_classes)``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"{self.arch} expects images of shape (N, {self.in_channels}, H, W), got {x.shape}")
-        if self.training and can_fuse(self.bn1, self.relu):
-            x = self.bn1.fused_relu(self.conv1(x))  # relu(bn1(conv1(x))) as one Function (see blocks.Block)
-        else:
-            x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.conv1(x)))
         if self.stem == "imagenet":
             x = self.maxpool(x)
         for i in range(1, self.num_stages + 1):

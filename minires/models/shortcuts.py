@@ -30,11 +30,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import backend
+from .. import backend, nn
 from ..function import Function
-from ..kernels.conv import empty_channels_last, is_channels_last
 from ..tensor import Tensor
-from .. import nn
 
 __all__ = ["SHORTCUT_OPTIONS", "PadShortcut", "ProjectionShortcut", "make_shortcut", "subsample_pad_channels"]
 
@@ -49,11 +47,11 @@ class SubsamplePadChannels(Function):
     (take the gradient of the real channels, scatter it back onto the grid
     points that were kept; the padded channels and skipped points get zero).
 
-    The output and the input gradient keep x's memory layout: on the CPU the
-    activations of a ResNet are channels-last (:mod:`minires.kernels.conv`),
-    and an NCHW result here would make the addition ``F(x) + s(x)`` and every
-    elementwise pass after it mix layouts, several times slower than a
-    contiguous pass (measured: benchmarks/README.md, change 10).
+    The output and the input gradient keep x's memory layout (``zeros_like``
+    with a new shape keeps the order of the axes in memory): under the fast
+    kernel set the activations are channels-last, and an NCHW result here
+    would make ``F(x) + s(x)`` and every elementwise pass after it mix
+    layouts, which is several times slower.
     """
 
     @staticmethod
@@ -61,30 +59,22 @@ class SubsamplePadChannels(Function):
         xp = backend.get_array_module(x)
         sub = x[:, :, ::stride, ::stride]
         n, c, h, w = sub.shape
-        ctx.channels_last = is_channels_last(x)
-        out = _zeros(xp, (n, before + c + after, h, w), x.dtype, ctx.channels_last)
-        out[:, before:before + c] = sub
-        ctx.in_shape, ctx.stride, ctx.before, ctx.channels = x.shape, stride, before, c
+        out = xp.zeros_like(x, shape=(n, before + c + after, h, w))
+        out[:, before : before + c] = sub
+        ctx.save_for_backward(x)  # for its layout only (x stays alive anyway: the branch's conv keeps it)
+        ctx.stride, ctx.before, ctx.channels = stride, before, c
         return out
 
     @staticmethod
     def backward(ctx, grad):
         xp = backend.get_array_module(grad)
         s = ctx.stride
-        grad_in = _zeros(xp, ctx.in_shape, grad.dtype, ctx.channels_last)
+        (x,) = ctx.saved_tensors
+        grad_in = xp.zeros_like(x, dtype=grad.dtype)
         # Grid points skipped by the stride and the zero channels influenced
         # nothing, so their gradient is zero.
         grad_in[:, :, ::s, ::s] = grad[:, ctx.before:ctx.before + ctx.channels]
         return grad_in
-
-
-def _zeros(xp: Any, shape: tuple, dtype: Any, channels_last: bool) -> Any:
-    """Zeros of NCHW ``shape``, stored channels-last when ``channels_last``."""
-    if channels_last:
-        out = empty_channels_last(xp, shape, dtype)
-        out.fill(0)
-        return out
-    return xp.zeros(shape, dtype=dtype)
 
 
 def subsample_pad_channels(x: Tensor, stride: int, before: int, after: int) -> Tensor:

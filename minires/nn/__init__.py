@@ -5,15 +5,14 @@
 them. ``minires.nn.init`` fills weights with well-scaled random values.
 """
 
-from . import functional
-from . import init
-from .parameter import Parameter
-from .module import IncompatibleKeys, Module, ModuleList, Sequential
+from . import functional, init
 from .activation import ReLU
 from .conv import Conv2d
 from .flatten import Flatten
 from .linear import Identity, Linear
+from .module import IncompatibleKeys, Module, ModuleList, Sequential
 from .normalization import BatchNorm1d, BatchNorm2d
+from .parameter import Parameter
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [

@@ -127,7 +127,9 @@ def uniform_(tensor: Tensor, a: float = 0.0, b: float = 1.0, generator: np.rando
     return _write(tensor, _resolve(generator).uniform(a, b, size=tensor.shape))
 
 
-def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: np.random.Generator | None = None) -> Tensor:
+def normal_(
+    tensor: Tensor, mean: float = 0.0, std: float = 1.0, generator: np.random.Generator | None = None
+) -> Tensor:
     """Fill ``tensor`` (any shape) with values drawn from N(mean, std^2); returns it."""
     _check_tensor(tensor, "normal_", floating=True)
     if not std >= 0:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 import numpy as np
 
 from .. import backend
+from ..dispatch import forward_override
 from ..tensor import RemovableHandle, Tensor
 from .parameter import Parameter
 
@@ -83,8 +84,15 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run ``forward(*args, **kwargs)``, then the forward hooks; returns the output."""
-        out = self.forward(*args, **kwargs)
+        """Run ``forward(*args, **kwargs)``, then the forward hooks; returns the output.
+
+        Under the fast kernel set a speed plug-in may run its own version of
+        this module's forward (same result; see :mod:`minires.dispatch`).
+        """
+        override = forward_override(self)
+        out = NotImplemented if override is None else override(self, *args, **kwargs)
+        if out is NotImplemented:
+            out = self.forward(*args, **kwargs)
         for hook in list(self._forward_hooks):
             replaced = hook(self, args, out)
             if replaced is not None:
@@ -477,7 +485,12 @@ class Module:
             # In-place copy: dtype and device of the target are kept (a float64
             # checkpoint loaded into a float32 model becomes float32).
             target[...] = backend.to_device(value, backend.device_of(target))
+        for module in self.modules():
+            module._state_loaded()
         return IncompatibleKeys(missing, unexpected)
+
+    def _state_loaded(self) -> None:
+        """Called on every submodule after :meth:`load_state_dict` wrote new values (for host-side caches)."""
 
     # -- printing ------------------------------------------------------------
 

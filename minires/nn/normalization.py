@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import backend
 from . import functional as F
 from . import init
 from .module import Module
@@ -41,6 +42,10 @@ __all__ = ["BatchNorm1d", "BatchNorm2d"]
 def _is_real(value: Any) -> bool:
     """A real number, bool excluded (True would otherwise pass as 1)."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _on_gpu(array: Any) -> bool:
+    return backend.device_of(array).type == "cuda"
 
 
 class _BatchNorm(Module):
@@ -82,6 +87,7 @@ class _BatchNorm(Module):
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
         self._warned_initial_stats = False
+        self._host_batches: int | None = None  # GPU only: a host mirror of num_batches_tracked (see _batches_tracked)
 
     def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, counter 0 (in place)."""
@@ -90,6 +96,7 @@ class _BatchNorm(Module):
             self.running_var[...] = 1
             self.num_batches_tracked[...] = 0
             self._warned_initial_stats = False
+            self._host_batches = None
 
     def reset_parameters(self) -> None:
         """Reset the running statistics and set gamma = 1, beta = 0."""
@@ -117,31 +124,6 @@ class _BatchNorm(Module):
         self._count_batch()
         return y
 
-    def fused_relu(self, x, residual=None):
-        """``relu(self(x) + residual)`` (residual optional), as one fused Function in training mode.
-
-        Same values and gradients as the three separate operations, fewer
-        passes over memory (:func:`minires.nn.functional.batch_norm_relu`).
-        In evaluation mode, or when this module has forward hooks (which
-        must see its own output), it runs them separately.
-        """
-        if not self.training or self._forward_hooks:
-            out = self(x)
-            return F.relu(out if residual is None else out + residual)
-        momentum, _, track = self._prepare(x)
-        y = F.batch_norm_relu(
-            x,
-            self.running_mean if track else None,
-            self.running_var if track else None,
-            self.weight,
-            self.bias,
-            momentum,
-            self.eps,
-            residual=residual,
-        )
-        self._count_batch()
-        return y
-
     def _prepare(self, x) -> tuple:
         """Check x: ``(momentum, use_batch_stats, track)`` for the functional call.
 
@@ -156,11 +138,11 @@ class _BatchNorm(Module):
             )
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.momentum is None:
-            momentum = 1.0 / float(int(self.num_batches_tracked) + 1)  # this batch included
+            momentum = 1.0 / float(self._batches_tracked() + 1)  # this batch included
         # Batch statistics in training, and also in eval when there are no
         # running statistics to use (track_running_stats=False).
         use_batch_stats = self.training or self.running_mean is None
-        if not use_batch_stats and not self._warned_initial_stats and int(self.num_batches_tracked) == 0:
+        if not use_batch_stats and not self._warned_initial_stats and self._batches_tracked() == 0:
             self._warned_initial_stats = True
             warnings.warn(
                 f"{type(self).__name__}({self.num_features}) is in eval mode but its running statistics were "
@@ -172,10 +154,28 @@ class _BatchNorm(Module):
         track = not self.training or self.track_running_stats
         return momentum, use_batch_stats, track
 
+    def _batches_tracked(self) -> int:
+        """``num_batches_tracked`` as a Python int.
+
+        On the GPU, reading the device buffer would make every forward wait
+        for the device, so it is read once and then mirrored on the host
+        (:meth:`_count_batch` counts both; loading a state dict re-reads it).
+        """
+        if not _on_gpu(self.num_batches_tracked):
+            return int(self.num_batches_tracked)
+        if self._host_batches is None:
+            self._host_batches = int(self.num_batches_tracked)  # the one synchronisation
+        return self._host_batches
+
+    def _state_loaded(self) -> None:
+        self._host_batches = None  # the buffer was overwritten: read it again when needed
+
     def _count_batch(self) -> None:
         if self.training and self.track_running_stats:
             # In place, so the array object registered as the buffer stays the same.
             self.num_batches_tracked += 1
+            if self._host_batches is not None:
+                self._host_batches += 1
 
     def extra_repr(self) -> str:
         return (

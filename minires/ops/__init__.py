@@ -242,4 +242,9 @@ Tensor.view = Tensor.reshape
 Tensor.permute = lambda self, *axes: permute(self, *_dims(axes))
 Tensor.transpose = transpose
 Tensor.flatten = flatten
-Tensor.T = property(lambda self: transpose(self, 0, 1) if self.ndim == 2 else permute(self, *reversed(range(self.ndim))))
+def _transposed(self: Tensor) -> Tensor:
+    """``x.T``: the axes in reverse order (the matrix transpose for 2-D)."""
+    return transpose(self, 0, 1) if self.ndim == 2 else permute(self, *reversed(range(self.ndim)))
+
+
+Tensor.T = property(_transposed)

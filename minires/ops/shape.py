@@ -22,7 +22,9 @@ class Reshape(Function):
         try:
             return a.reshape(shape)
         except ValueError:
-            raise ValueError(f"cannot reshape a tensor of shape {tuple(a.shape)} ({a.size} elements) into {shape}") from None
+            raise ValueError(
+                f"cannot reshape a tensor of shape {tuple(a.shape)} ({a.size} elements) into {shape}"
+            ) from None
 
     @staticmethod
     def backward(ctx, grad):
@@ -33,7 +35,9 @@ class Permute(Function):
     @staticmethod
     def forward(ctx, a, axes):
         if sorted(axes) != list(range(a.ndim)):
-            raise ValueError(f"permute: {tuple(axes)} is not a permutation of the {a.ndim} axes of shape {tuple(a.shape)}")
+            raise ValueError(
+                f"permute: {tuple(axes)} is not a permutation of the {a.ndim} axes of shape {tuple(a.shape)}"
+            )
         ctx.axes = axes
         return a.transpose(axes)
 

@@ -187,7 +187,9 @@ class ConstantLR(LRScheduler):
     warm-up: lr 0.01 for 400 iterations, then 0.1.
     """
 
-    def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1
+    ) -> None:
         if not 0 <= factor <= 1:
             raise ValueError(f"factor must be in [0, 1], got {factor!r}")
         self.factor = float(factor)

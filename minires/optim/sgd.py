@@ -132,8 +132,7 @@ class Optimizer:
             for p in group["params"]:
                 if p in self.state:
                     state[index[id(p)]] = {
-                        name: backend.to_device(value, backend.cpu).copy() if backend.is_array(value) else copy.deepcopy(value)
-                        for name, value in self.state[p].items()
+                        name: _host_copy(value) for name, value in self.state[p].items()
                     }
         return {"state": state, "param_groups": groups}
 
@@ -213,6 +212,11 @@ class Optimizer:
         return "\n".join(lines)
 
 
+def _host_copy(value: Any) -> Any:
+    """A copy of an optimizer state entry, arrays on the host (what a checkpoint stores)."""
+    return backend.to_device(value, backend.cpu).copy() if backend.is_array(value) else copy.deepcopy(value)
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent, PyTorch's update rule (see the module docstring).
 
@@ -246,7 +250,8 @@ class SGD(Optimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         for name in ("lr", "momentum", "dampening", "weight_decay"):
             value = group[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not value >= 0:
+            is_number = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+            if not is_number or not value >= 0:
                 raise ValueError(f"SGD {name} must be a non-negative number, got {value!r}")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(

@@ -31,9 +31,9 @@ from minires.kernels import batch_norm as bn_kernels
 from minires.kernels import conv as conv_kernels
 from minires.kernels import im2col as im2col_kernels
 from minires.kernels import relu as relu_kernels
-from minires.kernels.cuda import batch_norm as cuda_bn
-from minires.kernels.cuda import im2col as cuda_im2col
-from minires.kernels.cuda import relu as cuda_relu
+from minires.cuda import batch_norm as cuda_bn
+from minires.cuda import im2col as cuda_im2col
+from minires.cuda import relu as cuda_relu
 from minires.nn import functional as F
 from minires.tensor import Tensor
 

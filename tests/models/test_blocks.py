@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from block_cases import GRADCHECK_CASES, randomise
 
 import minires
 from minires import nn
 from minires.models import (
-    BasicBlock, Block, Bottleneck, PadShortcut, PlainBlock, PlainBottleneck, ProjectionShortcut, make_shortcut,
+    BasicBlock,
+    Block,
+    Bottleneck,
+    PadShortcut,
+    PlainBlock,
+    PlainBottleneck,
+    ProjectionShortcut,
+    make_shortcut,
 )
 from minires.models.shortcuts import subsample_pad_channels
-
-
-def _randomise(module: nn.Module, seed: int) -> nn.Module:
-    """Random weights AND random BN affine terms / running stats, so no factor is a trivial 1 or 0."""
-    rng = np.random.default_rng(seed)
-    for _, p in module.named_parameters():
-        p.data[...] = rng.normal(0.0, 0.5, p.shape).astype(p.dtype)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean[...] = rng.normal(0.0, 0.3, m.running_mean.shape)
-            m.running_var[...] = rng.uniform(0.5, 2.0, m.running_var.shape)
-            m.num_batches_tracked[...] = 1
-    return module
 
 
 def _n_params(module: nn.Module) -> int:
@@ -71,7 +66,7 @@ def test_option_a_gradcheck_odd_sizes():
 
 def test_option_a_keeps_the_input_memory_layout():
     """Channels-last in, channels-last out and back (the CPU ResNet's layout), same values as NCHW."""
-    from minires.kernels.conv import is_channels_last
+    from minires.fast.layout import is_channels_last
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 4, 6, 5))
@@ -204,7 +199,7 @@ def test_invalid_block_arguments():
 
 @pytest.mark.parametrize("shortcut", ["A", "B", "C"])
 def test_residual_block_output_is_relu_of_branch_plus_shortcut(shortcut):
-    block = _randomise(BasicBlock(4, 8, stride=2, shortcut=shortcut).double(), 0)
+    block = randomise(BasicBlock(4, 8, stride=2, shortcut=shortcut).double(), 0)
     x = minires.Tensor(np.random.default_rng(1).standard_normal((2, 4, 6, 6)))
     seen = {}
     block.add_tap(lambda blk, name, t: seen.__setitem__(name, t))
@@ -220,7 +215,7 @@ def test_residual_block_output_is_relu_of_branch_plus_shortcut(shortcut):
 
 
 def test_plain_block_is_the_residual_block_minus_the_addition():
-    residual = _randomise(BasicBlock(4, 8, stride=2, shortcut="A").double(), 3)
+    residual = randomise(BasicBlock(4, 8, stride=2, shortcut="A").double(), 3)
     plain = PlainBlock(4, 8, stride=2).double()
     plain.load_state_dict(residual.state_dict())  # same keys: option A has no shortcut state
     x = minires.Tensor(np.random.default_rng(4).standard_normal((2, 4, 6, 6)))
@@ -236,7 +231,7 @@ def test_plain_block_is_the_residual_block_minus_the_addition():
 
 
 def test_bottleneck_taps_and_output():
-    block = _randomise(Bottleneck(8, 4, stride=2, shortcut="B").double(), 5)
+    block = randomise(Bottleneck(8, 4, stride=2, shortcut="B").double(), 5)
     seen = []
     block.add_tap(lambda b, n, t: seen.append((b, n, t.data)))
     y = block(minires.Tensor(np.random.default_rng(6).standard_normal((2, 8, 5, 5))))
@@ -275,7 +270,7 @@ def test_tap_can_remove_itself_during_forward():
 
 def test_taps_see_live_graph_tensors_so_gradients_can_be_hooked():
     """A diagnostics tap can register a gradient hook on the block's input and output."""
-    block = _randomise(BasicBlock(4, 4, shortcut="A").double(), 7)
+    block = randomise(BasicBlock(4, 4, shortcut="A").double(), 7)
     grads = {}
 
     def tap(blk, name, t):
@@ -295,24 +290,11 @@ def test_taps_see_live_graph_tensors_so_gradients_can_be_hooked():
 # Gradient checks (float64, train mode: BN uses batch statistics)
 # ---------------------------------------------------------------------------
 
-GRADCHECK_CASES = [
-    # (constructor, in_planes, planes, stride, kwargs)
-    (BasicBlock, 2, 4, 2, {"shortcut": "A"}),
-    (BasicBlock, 3, 3, 1, {"shortcut": "A"}),
-    (BasicBlock, 2, 4, 2, {"shortcut": "B"}),
-    (BasicBlock, 3, 3, 1, {"shortcut": "C"}),
-    (PlainBlock, 2, 4, 2, {}),
-    (Bottleneck, 4, 2, 2, {"shortcut": "A"}),
-    (Bottleneck, 4, 2, 2, {"shortcut": "B"}),
-    (Bottleneck, 8, 2, 1, {"shortcut": "C"}),
-    (Bottleneck, 4, 2, 2, {"shortcut": "B", "stride_in_1x1": True}),
-    (PlainBottleneck, 4, 2, 2, {}),
-]
 
 
 @pytest.mark.parametrize("cls, in_planes, planes, stride, kwargs", GRADCHECK_CASES)
 def test_block_gradcheck_train_mode(cls, in_planes, planes, stride, kwargs):
-    block = _randomise(cls(in_planes, planes, stride=stride, **kwargs).double(), 10).train()
+    block = randomise(cls(in_planes, planes, stride=stride, **kwargs).double(), 10).train()
     x = minires.Tensor(np.random.default_rng(11).standard_normal((2, in_planes, 4, 4)), requires_grad=True)
     params = list(block.parameters())
     # The parameters are passed as gradcheck inputs so that they are perturbed
@@ -322,81 +304,6 @@ def test_block_gradcheck_train_mode(cls, in_planes, planes, stride, kwargs):
 
 
 def test_block_gradcheck_eval_mode():
-    block = _randomise(Bottleneck(4, 2, stride=2, shortcut="B").double(), 13).eval()
+    block = randomise(Bottleneck(4, 2, stride=2, shortcut="B").double(), 13).eval()
     x = minires.Tensor(np.random.default_rng(14).standard_normal((2, 4, 3, 3)), requires_grad=True)
     assert minires.gradcheck(lambda inp, *_: block(inp), [x, *block.parameters()], seed=15, atol=1e-6, rtol=1e-4)
-
-
-# ---------------------------------------------------------------------------
-# The fused forward (training mode, nothing watching) is the textbook forward
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("cls, in_planes, planes, stride, kwargs", GRADCHECK_CASES)
-def test_fused_forward_equals_the_layer_by_layer_forward(cls, in_planes, planes, stride, kwargs):
-    """Same output, input and parameter gradients and running statistics, fused or not (float64).
-
-    A registered tap makes a block run its layers one by one (the taps need
-    F(x) and s(x) as tensors); without one, training mode runs each BN + ReLU
-    (+ addition) as one BatchNormReLUTrain.
-    """
-    rng = np.random.default_rng(21)
-    x_data = rng.standard_normal((3, in_planes, 5, 5))
-    runs = []
-    for fused in (True, False):
-        block = _randomise(cls(in_planes, planes, stride=stride, **kwargs).double(), 20).train()
-        if not fused:
-            block.add_tap(lambda *args: None)
-        x = minires.Tensor(x_data, requires_grad=True)
-        y = block(x)
-        assert (y._ctx.fn.__name__ == "BatchNormReLUTrain") == fused
-        y.backward(minires.Tensor(np.random.default_rng(22).standard_normal(y.shape)))
-        runs.append((y.data, x.grad, [p.grad for p in block.parameters()], [b.copy() for b in block.buffers()]))
-    (y1, gx1, gp1, b1), (y2, gx2, gp2, b2) = runs
-    np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(gx1, gx2, rtol=1e-9, atol=1e-12)
-    for a, b in zip(gp1 + b1, gp2 + b2):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-
-
-def test_eval_mode_and_forward_hooks_take_the_layer_by_layer_path():
-    block = _randomise(BasicBlock(3, 3).double(), 23)
-    x = minires.Tensor(np.random.default_rng(24).standard_normal((2, 3, 4, 4)), requires_grad=True)
-    assert block.eval()(x)._ctx.fn.__name__ == "ReLUFunction"
-    assert block.train()(x)._ctx.fn.__name__ == "BatchNormReLUTrain"
-    seen = []
-    block.relu.register_forward_hook(lambda module, inputs, output: seen.append(output))
-    block(x)
-    assert len(seen) == 2  # the block's ReLU module ran twice (after bn1, after the addition): not fused
-
-
-def test_only_stock_batch_norms_and_relus_are_fused():
-    """A replaced BN (diagnostics swap in Identity), another activation, or a subclass with its own forward
-    runs layer by layer."""
-    from minires.models.blocks import can_fuse
-
-    class Scaled(nn.BatchNorm2d):
-        def forward(self, x):
-            return super().forward(x) * 2.0
-
-    class Renamed(nn.BatchNorm2d):
-        pass
-
-    class Leaky(nn.ReLU):
-        def forward(self, x):
-            return nn.functional.relu(x) - 0.1 * nn.functional.relu(-x)
-
-    assert can_fuse(nn.BatchNorm2d(3), nn.ReLU()) and can_fuse(Renamed(3), nn.ReLU())
-    assert not can_fuse(Scaled(3), nn.ReLU()) and not can_fuse(nn.Identity(), nn.ReLU())
-    assert not can_fuse(nn.BatchNorm2d(3), Leaky()) and not can_fuse(nn.BatchNorm2d(3), nn.Identity())
-    patched = nn.BatchNorm2d(3)
-    patched.forward = lambda x: x  # an instance's own forward, too
-    assert not can_fuse(patched, nn.ReLU())
-    x = minires.Tensor(np.random.default_rng(25).standard_normal((2, 3, 4, 4)).astype(np.float32), requires_grad=True)
-    for attribute, replacement in (("bn2", Scaled(3)), ("relu", Leaky())):
-        block = BasicBlock(3, 3).train()
-        setattr(block, attribute, replacement)
-        y = block(x)
-        assert y._ctx.fn.__name__ != "BatchNormReLUTrain"
-        textbook = block.relu(block._branch(x) + x)  # the formula with the replacement's forward
-        np.testing.assert_allclose(y.data, textbook.data, rtol=1e-5, atol=1e-6)

@@ -311,7 +311,7 @@ def test_integer_input_is_an_error():
 
 def test_float16_input_is_an_error_and_leaves_the_running_stats_alone():
     # Summed in float16, 400 values near 200 overflow (65504) and would write inf into the running stats.
-    from minires.nn.functional.normalization import batch_norm_relu
+    from minires.fast.fused import batch_norm_relu
 
     x = Tensor((np.random.default_rng(0).standard_normal((400, 2, 2, 2)) + 200).astype(np.float16))
     rm, rv = np.zeros(2, np.float16), np.ones(2, np.float16)

@@ -58,7 +58,9 @@ def geometry(case):
 def test_conv2d_gradcheck(case):
     x, w, b = tensors(case)
     inputs = [x, w] + ([b] if b is not None else [])
-    fn = (lambda x_, w_, b_=None: F.conv2d(x_, w_, b_, **geometry(case)))
+    def fn(x_, w_, b_=None):
+        return F.conv2d(x_, w_, b_, **geometry(case))
+
     assert mr.gradcheck(fn, inputs, seed=case["seed"])
 
 

@@ -372,3 +372,29 @@ def test_small_network_matches_torch_and_shares_state_dict_keys(rng):
     theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     x = rng.standard_normal((2, 3, 8, 8))
     np.testing.assert_allclose(ours(_tensor(x)).data, theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-10)
+
+
+def test_batch_norm_mirrors_the_batch_count_on_the_host_for_device_buffers(monkeypatch):
+    """On the GPU, num_batches_tracked is read once and then counted on the host (no sync per forward);
+    load_state_dict and reset_running_stats make it read again. The device is faked: reads are counted."""
+    import minires.nn.normalization as normalization
+
+    bn = nn.BatchNorm2d(2, momentum=None).to(dtype=np.float64)
+    reads = []
+
+    class CountingBuffer(np.ndarray):
+        def __int__(self):
+            reads.append(1)
+            return int(np.asarray(self))
+
+    bn.num_batches_tracked = np.array(3, dtype=np.int64).view(CountingBuffer)
+    monkeypatch.setattr(normalization, "_on_gpu", lambda a: isinstance(a, CountingBuffer))
+    x = minires.Tensor(np.random.default_rng(0).standard_normal((4, 2, 3, 3)))
+    for _ in range(3):
+        bn(x)
+    assert len(reads) == 1 and bn._batches_tracked() == 6 and int(np.asarray(bn.num_batches_tracked)) == 6
+    bn.load_state_dict({**bn.state_dict(), "num_batches_tracked": np.array(10)})
+    bn(x)
+    assert len(reads) == 2 and bn._batches_tracked() == 11
+    bn.reset_running_stats()
+    assert bn._batches_tracked() == 0 and len(reads) == 3

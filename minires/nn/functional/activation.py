@@ -1,11 +1,11 @@
-"""Functional ReLU (the arithmetic is in :mod:`minires.kernels.relu`)."""
+"""Functional ReLU (the arithmetic is in :mod:`minires.kernels.relu`, chosen by :mod:`minires.dispatch`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ...dispatch import kernel
 from ...function import Function
-from ...kernels import relu as relu_kernels
 from ...tensor import Tensor
 
 __all__ = ["relu", "ReLUFunction"]
@@ -16,14 +16,14 @@ class ReLUFunction(Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = relu_kernels.relu_forward(x)
+        y = kernel("relu_forward", x)(x)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        return relu_kernels.relu_backward(grad, y)
+        return kernel("relu_backward", y)(grad, y)
 
 
 def relu(x: Any) -> Tensor:

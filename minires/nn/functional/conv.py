@@ -1,9 +1,9 @@
 """Functional 2-D convolution, and im2col/col2im as differentiable operations.
 
-The arithmetic lives in :mod:`minires.kernels.conv` (reference and fast
-paths, with the derivation of the backward pass) and
-:mod:`minires.kernels.im2col`. This module checks arguments, turning every
-mistake into an error that names the offending value, and connects the fast
+The arithmetic lives in :mod:`minires.kernels.conv` (with the derivation of
+the backward pass) and :mod:`minires.kernels.im2col`; :mod:`minires.dispatch`
+chooses the implementation that runs. This module checks arguments, turning
+every mistake into an error that names the offending value, and connects the
 kernels to autograd.
 
 ``bias`` is optional, so :class:`Conv2dFunction` takes it as an optional
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...dispatch import kernel
 from ...function import Function
-from ...kernels import conv as conv_kernels
-from ...kernels import im2col as im2col_kernels
 from ...kernels.im2col import output_hw, pair
 from ...tensor import Tensor
 
@@ -42,8 +41,8 @@ class Conv2dFunction(Function):
 
     Positional inputs: x (N, C, H, W), weight (C_out, C, kH, kW), optionally
     bias (C_out,). Keyword parameters: stride, padding, dilation as pairs.
-    Saves x and weight: the backward pass recomputes the im2col columns chunk
-    by chunk instead of keeping them (they would be kH*kW times the input).
+    Saves x and weight, not the im2col columns (kH*kW times the size of x):
+    the backward pass recomputes them.
     """
 
     @staticmethod
@@ -51,14 +50,13 @@ class Conv2dFunction(Function):
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, padding, dilation)
         ctx.has_bias = bias is not None
-        return conv_kernels.conv2d_forward(x, weight, bias, stride, padding, dilation)
+        return kernel("conv2d_forward", x)(x, weight, bias, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad_x, grad_w, grad_b = conv_kernels.conv2d_backward(
-            x, weight, grad, *ctx.geometry, needs_input_grad=ctx.needs_input_grad
-        )
+        backward = kernel("conv2d_backward", x)
+        grad_x, grad_w, grad_b = backward(x, weight, grad, *ctx.geometry, needs_input_grad=ctx.needs_input_grad)
         return (grad_x, grad_w, grad_b) if ctx.has_bias else (grad_x, grad_w)
 
 
@@ -129,11 +127,11 @@ class Im2col(Function):
     @staticmethod
     def forward(ctx, x, *, kernel_size, stride, padding, dilation):
         ctx.args = (x.shape, kernel_size, stride, padding, dilation)
-        return im2col_kernels.im2col(x, kernel_size, stride, padding, dilation)
+        return kernel("im2col", x)(x, kernel_size, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, grad):
-        return im2col_kernels.col2im(grad, *ctx.args)
+        return kernel("col2im", grad)(grad, *ctx.args)
 
 
 class Col2im(Function):
@@ -142,11 +140,11 @@ class Col2im(Function):
     @staticmethod
     def forward(ctx, cols, *, input_shape, kernel_size, stride, padding, dilation):
         ctx.args = (kernel_size, stride, padding, dilation)
-        return im2col_kernels.col2im(cols, input_shape, kernel_size, stride, padding, dilation)
+        return kernel("col2im", cols)(cols, input_shape, kernel_size, stride, padding, dilation)
 
     @staticmethod
     def backward(ctx, grad):
-        return im2col_kernels.im2col(grad, *ctx.args)
+        return kernel("im2col", grad)(grad, *ctx.args)
 
 
 def _window_args(kernel_size: Any, stride: Any, padding: Any, dilation: Any, fn: str) -> tuple:

@@ -15,9 +15,9 @@ import numbers
 from typing import Any
 
 from ...backend import device_of, get_array_module
+from ...dispatch import kernel
 from ...function import Function
 from ...tensor import Tensor
-from ...kernels import cross_entropy as kernels
 
 __all__ = ["cross_entropy", "accuracy", "CrossEntropy"]
 
@@ -34,7 +34,7 @@ class CrossEntropy(Function):
 
     @staticmethod
     def forward(ctx, logits, *, target, label_smoothing, reduction):
-        losses, probs = kernels.cross_entropy_forward(logits, target, label_smoothing)
+        losses, probs = kernel("cross_entropy_forward", logits)(logits, target, label_smoothing)
         ctx.save_for_backward(probs, target)
         ctx.label_smoothing = label_smoothing
         ctx.reduction = reduction
@@ -54,7 +54,7 @@ class CrossEntropy(Function):
             # Every example's loss enters the sum once, the mean with weight 1/N.
             scale = grad / n if ctx.reduction == "mean" else grad
             grad_losses = xp.broadcast_to(xp.asarray(scale, dtype=probs.dtype), (n,))
-        return kernels.cross_entropy_backward(grad_losses, probs, target, ctx.label_smoothing)
+        return kernel("cross_entropy_backward", probs)(grad_losses, probs, target, ctx.label_smoothing)
 
 
 def _logits_tensor(logits: Any, fn: str) -> Tensor:

@@ -1,7 +1,8 @@
 """Functional batch normalisation: ``batch_norm`` and its two Functions.
 
-The arithmetic (and its derivation) lives in :mod:`minires.kernels.batch_norm`;
-this module checks the arguments, chooses training or evaluation mode, and
+The arithmetic (and its derivation) lives in :mod:`minires.kernels.batch_norm`
+(the implementation that runs is chosen by :mod:`minires.dispatch`); this
+module checks the arguments, chooses training or evaluation mode, and
 connects the kernels to autograd:
 
 * :class:`BatchNormTrain` normalises with the batch's own statistics; its
@@ -10,13 +11,6 @@ connects the kernels to autograd:
   statistics in place.
 * :class:`BatchNormEval` normalises with fixed running statistics: a
   per-channel affine map, whose backward is one multiplication.
-* :class:`BatchNormReLUTrain` is :class:`BatchNormTrain` fused with the ReLU
-  that follows it and, optionally, a residual added before that ReLU:
-  ``relu(bn(x) + r)`` as one Function (:func:`batch_norm_relu`). Same
-  numbers as the three separate operations, fewer passes over memory
-  (``minires.kernels.batch_norm``, "Fused ..."). The blocks of
-  :mod:`minires.models` use it when nothing is watching the intermediate
-  tensors.
 
 ``weight`` and ``bias`` are optional, so the Functions take them as a variable
 number of positional inputs (``x``, then whichever of weight/bias exist) and
@@ -29,19 +23,24 @@ import numbers
 from typing import Any
 
 from ...backend import device_of, get_array_module
+from ...dispatch import kernel
 from ...function import Function
 from ...tensor import Tensor
-from ...kernels import batch_norm as kernels
 
-__all__ = ["batch_norm", "batch_norm_relu", "BatchNormTrain", "BatchNormEval", "BatchNormReLUTrain"]
+__all__ = ["batch_norm", "BatchNormTrain", "BatchNormEval"]
 
 
-def _split_affine(params: tuple, has_weight: bool, has_bias: bool) -> tuple:
+def split_affine(params: Any, has_weight: bool, has_bias: bool) -> tuple:
     """(weight, bias) from the positional inputs after x, with None for the absent ones."""
     params = list(params)
     weight = params.pop(0) if has_weight else None
     bias = params.pop(0) if has_bias else None
     return weight, bias
+
+
+def affine_grads(dx: Any, dweight: Any, bias_grad: Any, has_weight: bool, has_bias: bool) -> tuple:
+    """One gradient per positional input: dx, then dweight and dbias for the parameters that exist."""
+    return (dx,) + ((dweight,) if has_weight else ()) + ((bias_grad,) if has_bias else ())
 
 
 class BatchNormTrain(Function):
@@ -55,11 +54,11 @@ class BatchNormTrain(Function):
 
     @staticmethod
     def forward(ctx, x, *params, has_weight, has_bias, eps, momentum, running_mean, running_var):
-        weight, bias = _split_affine(params, has_weight, has_bias)
-        y, mean, var, inv_std = kernels.batch_norm_train_forward(x, weight, bias, eps)
+        weight, bias = split_affine(params, has_weight, has_bias)
+        y, mean, var, inv_std = kernel("batch_norm_train_forward", x)(x, weight, bias, eps)
         if running_mean is not None:
             count = x.size // x.shape[1]
-            kernels.update_running_stats(running_mean, running_var, mean, var, count, momentum)
+            kernel("update_running_stats", x)(running_mean, running_var, mean, var, count, momentum)
         ctx.save_for_backward(x, mean, inv_std, weight)
         ctx.has_weight, ctx.has_bias = has_weight, has_bias
         return y
@@ -68,13 +67,9 @@ class BatchNormTrain(Function):
     def backward(ctx, grad):
         x, mean, inv_std, weight = ctx.saved_tensors
         need_dx = ctx.needs_input_grad[0]
-        dx, dweight, dbias = kernels.batch_norm_train_backward(grad, x, mean, inv_std, weight, need_dx=need_dx)
-        grads = [dx]
-        if ctx.has_weight:
-            grads.append(dweight)
-        if ctx.has_bias:
-            grads.append(dbias)
-        return tuple(grads)
+        backward = kernel("batch_norm_train_backward", x)
+        dx, dweight, dbias = backward(grad, x, mean, inv_std, weight, need_dx=need_dx)
+        return affine_grads(dx, dweight, dbias, ctx.has_weight, ctx.has_bias)
 
 
 class BatchNormEval(Function):
@@ -86,9 +81,9 @@ class BatchNormEval(Function):
 
     @staticmethod
     def forward(ctx, x, *params, has_weight, has_bias, eps, running_mean, running_var):
-        weight, bias = _split_affine(params, has_weight, has_bias)
+        weight, bias = split_affine(params, has_weight, has_bias)
         xp = get_array_module(x)
-        y = kernels.batch_norm_eval_forward(x, running_mean, running_var, weight, bias, eps)
+        y = kernel("batch_norm_eval_forward", x)(x, running_mean, running_var, weight, bias, eps)
         # Copies of the constants used: the running buffers may be updated by a
         # training step before this node's backward runs.
         mean = running_mean.astype(x.dtype, copy=True)
@@ -102,55 +97,11 @@ class BatchNormEval(Function):
         x, mean, inv_std, weight = ctx.saved_tensors
         need_dx = ctx.needs_input_grad[0]
         need_dparams = any(ctx.needs_input_grad[1:])
-        dx, dweight, dbias = kernels.batch_norm_eval_backward(
-            grad, x, mean, inv_std, weight, need_dx=need_dx, need_dparams=need_dparams
-        )
-        grads = [dx]
-        if ctx.has_weight:
-            grads.append(dweight)
-        if ctx.has_bias:
-            grads.append(dbias)
-        return tuple(grads)
+        backward = kernel("batch_norm_eval_backward", x)
+        dx, dweight, dbias = backward(grad, x, mean, inv_std, weight, need_dx=need_dx, need_dparams=need_dparams)
+        return affine_grads(dx, dweight, dbias, ctx.has_weight, ctx.has_bias)
 
 
-class BatchNormReLUTrain(Function):
-    """``relu(bn(x) + residual)`` in training mode, as one Function.
-
-    Positional inputs: ``x``, then ``weight`` and ``bias`` as for
-    :class:`BatchNormTrain`, then ``residual`` (x's shape) if
-    ``has_residual``. Keyword parameters as :class:`BatchNormTrain`. Saves
-    x and the output y (whose sign is the ReLU's mask), not the sum before
-    the ReLU.
-    """
-
-    @staticmethod
-    def forward(ctx, x, *inputs, has_weight, has_bias, has_residual, eps, momentum, running_mean, running_var):
-        inputs = list(inputs)
-        residual = inputs.pop() if has_residual else None
-        weight, bias = _split_affine(tuple(inputs), has_weight, has_bias)
-        y, mean, var, inv_std = kernels.batch_norm_relu_train_forward(x, weight, bias, eps, residual)
-        if running_mean is not None:
-            count = x.size // x.shape[1]
-            kernels.update_running_stats(running_mean, running_var, mean, var, count, momentum)
-        ctx.save_for_backward(x, y, mean, inv_std, weight)
-        ctx.has_weight, ctx.has_bias, ctx.has_residual = has_weight, has_bias, has_residual
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, y, mean, inv_std, weight = ctx.saved_tensors
-        need_dz = ctx.has_residual and ctx.needs_input_grad[-1]
-        dx, dweight, dbias, dz = kernels.batch_norm_relu_train_backward(
-            grad, y, x, mean, inv_std, weight, need_dx=ctx.needs_input_grad[0], need_dz=need_dz
-        )
-        grads = [dx]
-        if ctx.has_weight:
-            grads.append(dweight)
-        if ctx.has_bias:
-            grads.append(dbias)
-        if ctx.has_residual:
-            grads.append(dz)
-        return tuple(grads)
 
 
 # ---------------------------------------------------------------------------
@@ -185,7 +136,7 @@ def _running_array(value: Any, name: str, x: Tensor, channels: int) -> Any:
     return value
 
 
-def _param(value: Any, name: str, x: Tensor, channels: int) -> Tensor | None:
+def affine_param(value: Any, name: str, x: Tensor, channels: int) -> Tensor | None:
     """weight/bias as a checked Tensor (arrays are wrapped as constants)."""
     if value is None:
         return None
@@ -201,10 +152,10 @@ def _param(value: Any, name: str, x: Tensor, channels: int) -> Tensor | None:
     return value
 
 
-def _check_arguments(
+def check_batch_norm_arguments(
     x: Any, running_mean: Any, running_var: Any, training: bool, momentum: Any, eps: Any, name: str = "batch_norm"
 ) -> tuple:
-    """Checks shared by batch_norm and batch_norm_relu (``name``, for the messages).
+    """Checks shared by batch_norm and the fused batch_norm_relu of the fast set (``name``, for the messages).
 
     Returns ``(x as a Tensor, running mean array, running var array)``.
     """
@@ -294,10 +245,10 @@ def batch_norm(
             channel in training, running statistics missing in eval mode.
         TypeError: non-floating x, dtype mismatch between x and the others.
     """
-    x, r_mean, r_var = _check_arguments(x, running_mean, running_var, training, momentum, eps)
+    x, r_mean, r_var = check_batch_norm_arguments(x, running_mean, running_var, training, momentum, eps)
     channels = x.shape[1]
-    w = _param(weight, "weight", x, channels)
-    b = _param(bias, "bias", x, channels)
+    w = affine_param(weight, "weight", x, channels)
+    b = affine_param(bias, "bias", x, channels)
     params = tuple(p for p in (w, b) if p is not None)
     common = dict(has_weight=w is not None, has_bias=b is not None, eps=float(eps))
     if training:
@@ -307,53 +258,3 @@ def batch_norm(
     return BatchNormEval.apply(x, *params, running_mean=r_mean, running_var=r_var, **common)
 
 
-def batch_norm_relu(
-    x: Tensor,
-    running_mean: Any,
-    running_var: Any,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-    residual: Tensor | None = None,
-) -> Tensor:
-    """``relu(batch_norm(x, ..., training=True) + residual)`` as one fused Function.
-
-    Training mode only (batch statistics; the running statistics, if given,
-    are updated in place as by :func:`batch_norm`). Arguments and errors as
-    :func:`batch_norm`, plus:
-
-    Args:
-        residual: a Tensor of x's shape, dtype and device added before the
-            ReLU (a residual block's shortcut), or None.
-
-    Returns:
-        A Tensor with x's shape and dtype; the same values, and gradients, as
-        ``relu(batch_norm(x, ..., training=True) + residual)``.
-    """
-    x, r_mean, r_var = _check_arguments(x, running_mean, running_var, True, momentum, eps, name="batch_norm_relu")
-    channels = x.shape[1]
-    w = _param(weight, "weight", x, channels)
-    b = _param(bias, "bias", x, channels)
-    inputs = [p for p in (w, b) if p is not None]
-    if residual is not None:
-        if not isinstance(residual, Tensor):
-            residual = Tensor(residual, dtype=x.dtype, device=x.device)
-        if residual.shape != x.shape:
-            raise ValueError(f"residual has shape {residual.shape} but x has shape {x.shape}; they must match")
-        if residual.dtype != x.dtype:
-            raise TypeError(f"residual has dtype {residual.dtype} but x has dtype {x.dtype}; they must match")
-        if residual.device != x.device:
-            raise ValueError(f"residual is on {residual.device} but x is on {x.device}")
-        inputs.append(residual)
-    return BatchNormReLUTrain.apply(
-        x,
-        *inputs,
-        has_weight=w is not None,
-        has_bias=b is not None,
-        has_residual=residual is not None,
-        eps=float(eps),
-        momentum=float(momentum),
-        running_mean=r_mean,
-        running_var=r_var,
-    )

@@ -1,17 +1,16 @@
 """Functional pooling: max_pool2d, avg_pool2d, adaptive_avg_pool2d.
 
-The arithmetic (a reference through im2col, and the fast tap loop the layers
-use) lives in :mod:`minires.kernels.pooling`; this module checks arguments
-and connects the fast kernels to autograd.
+The arithmetic lives in :mod:`minires.kernels.pooling` (the implementation
+that runs is chosen by :mod:`minires.dispatch`); this module checks arguments
+and connects the kernels to autograd.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ...dispatch import kernel
 from ...function import Function
-from ...kernels import pooling as pool_kernels
-from ...kernels.conv import is_channels_last
 from ...kernels.im2col import output_hw, pair
 from ...tensor import Tensor
 
@@ -30,14 +29,14 @@ class MaxPool2dFunction(Function):
 
     @staticmethod
     def forward(ctx, x, *, kernel_size, stride, padding):
-        y, argmax = pool_kernels.max_pool2d_forward(x, kernel_size, stride, padding)
+        y, argmax = kernel("max_pool2d_forward", x)(x, kernel_size, stride, padding)
         ctx.argmax = argmax  # a side output: integers, not differentiable
         ctx.args = (x.shape, kernel_size, stride, padding)
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        return pool_kernels.max_pool2d_backward(grad, ctx.argmax, *ctx.args)
+        return kernel("max_pool2d_backward", grad)(grad, ctx.argmax, *ctx.args)
 
 
 class AvgPool2dFunction(Function):
@@ -46,11 +45,11 @@ class AvgPool2dFunction(Function):
     @staticmethod
     def forward(ctx, x, *, kernel_size, stride, padding):
         ctx.args = (x.shape, kernel_size, stride, padding)
-        return pool_kernels.avg_pool2d_forward(x, kernel_size, stride, padding)
+        return kernel("avg_pool2d_forward", x)(x, kernel_size, stride, padding)
 
     @staticmethod
     def backward(ctx, grad):
-        return pool_kernels.avg_pool2d_backward(grad, *ctx.args)
+        return kernel("avg_pool2d_backward", grad)(grad, *ctx.args)
 
 
 class GlobalAvgPoolFunction(Function):
@@ -59,13 +58,11 @@ class GlobalAvgPoolFunction(Function):
     @staticmethod
     def forward(ctx, x):
         ctx.input_shape = x.shape
-        # The gradient goes back in the input's memory layout (channels-last after a fast convolution).
-        ctx.channels_last = is_channels_last(x)
-        return pool_kernels.global_avg_pool_forward(x)
+        return kernel("global_avg_pool_forward", x)(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return pool_kernels.global_avg_pool_backward(grad, ctx.input_shape, channels_last=ctx.channels_last)
+        return kernel("global_avg_pool_backward", grad)(grad, ctx.input_shape)
 
 
 def _pool_args(fn: str, x: Any, kernel_size: Any, stride: Any, padding: Any) -> tuple:

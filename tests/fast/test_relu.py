@@ -7,13 +7,13 @@ the kernel threads and the channels-last output layout.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from kernel_threads import force_kernel_threads
 
-from minires.kernels import conv
-from minires.kernels import relu as K
+from minires.fast import relu as K
+from minires.fast.layout import is_channels_last
+from minires.kernels import relu as R
 
 
 def channels_last(a):
@@ -37,7 +37,7 @@ def test_forward_and_backward_match_numpy_on_any_thread_count(rng, count, shape)
 def test_four_d_output_is_channels_last_and_gradient_follows_the_output(rng):
     x = rng.standard_normal((3, 4, 5, 6))
     y = K.relu_forward(x)  # NCHW in, channels-last out
-    assert conv.is_channels_last(y) and not y.flags.c_contiguous
+    assert is_channels_last(y) and not y.flags.c_contiguous
     y_cl = K.relu_forward(channels_last(x))
     assert y_cl.strides == channels_last(x).strides
     g = rng.standard_normal(x.shape)  # an NCHW gradient
@@ -53,3 +53,14 @@ def test_nan_passes_forward_and_its_gradient_passes_backward():
     y = K.relu_forward(x)
     np.testing.assert_array_equal(y, [[np.nan, 0.0, 2.0, 0.0]])
     np.testing.assert_array_equal(K.relu_backward(g, y), [[3.0, 0.0, 5.0, 0.0]])
+
+
+def test_fast_relu_gives_the_reference_numbers(rng):
+    x = rng.standard_normal((3, 4, 5, 6))
+    x[0, 0, 0, :3] = [0.0, np.nan, -0.0]
+    g = rng.standard_normal(x.shape)
+    with force_kernel_threads(2):
+        y, dx = K.relu_forward(x), None
+        dx = K.relu_backward(g, y)
+    np.testing.assert_array_equal(y, R.relu_forward(x))
+    np.testing.assert_array_equal(dx, R.relu_backward(g, R.relu_forward(x)))

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...backend import get_array_module
+from .. import dispatch
+from ..backend import get_array_module
 from . import supported
 
 __all__ = ["relu_forward", "relu_backward", "FORWARD", "BACKWARD"]
@@ -71,3 +72,7 @@ def relu_backward(grad_out: Any, out: Any) -> Any:
     if not supported(grad_out, out):
         return grad_out * ~(out <= 0)
     return _kernel(cp, BACKWARD)(grad_out, out)
+
+
+dispatch.register("relu_forward", "cuda")(relu_forward)
+dispatch.register("relu_backward", "cuda")(relu_backward)

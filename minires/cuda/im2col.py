@@ -37,9 +37,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ...backend import get_array_module
-from ..im2col import output_hw, pair
-from . import c_type, grid_size, raw_module, supported, THREADS
+from .. import dispatch
+from ..backend import get_array_module
+from ..kernels.im2col import output_hw, pair
+from . import THREADS, c_type, grid_size, kernel_function, supported
 
 __all__ = [
     "im2col",
@@ -177,8 +178,7 @@ def _launch(name: str, src: Any, dst: Any, image_shape: Sequence[int], kernel: P
     largest = max(n * c * kh * kw * ho * wo, n * c * h * w)
     small = largest < INDEX32_LIMIT
     index_type, index_c = (np.int32, "int") if small else (np.int64, "long long")
-    module = raw_module(cp, IM2COL_SOURCE, _KERNEL_NAMES)
-    fn = module.get_function(f"{name}<{c_type(src.dtype)}, {index_c}>")
+    fn = kernel_function(cp, IM2COL_SOURCE, _KERNEL_NAMES, f"{name}<{c_type(src.dtype)}, {index_c}>")
     total = n * c * kh * kw * ho * wo if name == "im2col_gather" else n * c * h * w
     dims = (n, c, h, w, kh, kw, *stride, *padding, *dilation, ho, wo)
     args = (src, dst) + tuple(index_type(v) for v in dims) + (np.int32(1 if k_major else 0),)
@@ -260,7 +260,7 @@ def col2im(cols: Any, input_shape: Any, kernel_size: Any, stride: Any = 1, paddi
 # ---------------------------------------------------------------------------
 
 
-def _images_per_chunk(n: int, k: int, length: int, itemsize: int) -> int:
+def _images_per_gemm(n: int, k: int, length: int, itemsize: int) -> int:
     per_image = max(1, k * length * itemsize)
     return max(1, min(n, COLS_BUDGET_BYTES // per_image))
 
@@ -283,7 +283,7 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, 
     length, k = ho * wo, c * kh * kw
     w_mat = cp.ascontiguousarray(weight).reshape(c_out, k)
     out = cp.empty((n, c_out, length), dtype=x.dtype)
-    chunk = _images_per_chunk(n, k, length, x.itemsize)
+    chunk = _images_per_gemm(n, k, length, x.itemsize)
     for n0 in range(0, n, chunk):
         m = min(chunk, n - n0)
         cols = im2col(x[n0 : n0 + m], (kh, kw), stride, padding, dilation, k_major=True)  # (K, m*L)
@@ -329,7 +329,7 @@ def conv2d_backward(
     w_mat = cp.ascontiguousarray(weight).reshape(c_out, k)
     grad_w = None
     grad_x = cp.empty((n, c, h, w), dtype=x.dtype) if need_x else None
-    chunk = _images_per_chunk(n, k, length, x.itemsize)
+    chunk = _images_per_gemm(n, k, length, x.itemsize)
     for n0 in range(0, n, chunk):
         m = min(chunk, n - n0)
         # (m, C_out, L) -> (C_out, m*L), the layout of the forward's GEMM output.
@@ -345,3 +345,13 @@ def conv2d_backward(
     if need_w:
         grad_w = grad_w.reshape(weight.shape)
     return grad_x, grad_w, grad_b
+
+
+dispatch.register("im2col", "cuda", when=lambda x, *geometry: supported(x))(im2col)
+dispatch.register("col2im", "cuda", when=lambda cols, *geometry: supported(cols))(col2im)
+dispatch.register("conv2d_forward", "cuda", when=lambda x, weight, bias, *geometry: supported(x, weight, bias))(
+    conv2d_forward
+)
+dispatch.register("conv2d_backward", "cuda", when=lambda x, weight, grad, *geometry: supported(x, weight, grad))(
+    conv2d_backward
+)

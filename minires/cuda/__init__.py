@@ -1,6 +1,6 @@
 """Hand-written CUDA kernels for the GPU backend (CuPy), and the helpers they share.
 
-The NumPy code in :mod:`minires.kernels` is the readable reference and runs
+The code in :mod:`minires.kernels` is the readable reference and runs
 on CuPy arrays too (``xp = get_array_module(x)``). For the hot spots that the
 array-module idiom would turn into many small kernels, this package has
 hand-written CUDA, one module per concept, each a small CUDA source string
@@ -48,6 +48,7 @@ __all__ = [
     "supported",
     "c_type",
     "raw_module",
+    "kernel_function",
     "multiprocessor_count",
     "grid_size",
     "THREADS",
@@ -89,6 +90,20 @@ def raw_module(cp: Any, code: str, name_expressions: tuple[str, ...]) -> Any:
     return cp.RawModule(code=code, name_expressions=list(name_expressions))
 
 
+def kernel_function(cp: Any, code: str, name_expressions: tuple[str, ...], name: str) -> Any:
+    """The compiled kernel ``name`` of ``code`` for the current device, looked up once per (device, kernel).
+
+    ``RawModule.get_function`` does a dictionary search and builds a Python
+    object on every call: once per launch adds up over a training step.
+    """
+    return _kernel_function(cp, int(cp.cuda.Device().id), code, name_expressions, name)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_function(cp: Any, device_id: int, code: str, name_expressions: tuple[str, ...], name: str) -> Any:
+    return raw_module(cp, code, name_expressions).get_function(name)
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(cp: Any, device_id: int) -> int:
     return int(cp.cuda.Device(device_id).attributes["MultiProcessorCount"])
@@ -108,3 +123,7 @@ def grid_size(cp: Any, total: int, threads: int = THREADS) -> int:
     """
     needed = max(1, -(-int(total) // threads))
     return min(needed, 32 * multiprocessor_count(cp))
+
+
+# Importing the kernel modules registers them for the "cuda" device (minires.dispatch).
+from . import batch_norm, im2col, relu  # noqa: E402,F401

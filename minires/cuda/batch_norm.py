@@ -54,8 +54,9 @@ from typing import Any
 
 import numpy as np
 
-from ...backend import get_array_module
-from . import THREADS, c_type, multiprocessor_count, raw_module, supported
+from .. import dispatch
+from ..backend import get_array_module
+from . import THREADS, c_type, kernel_function, multiprocessor_count, supported
 
 __all__ = [
     "supported",
@@ -347,15 +348,14 @@ def batch_norm_train_forward(x: Any, weight: Any, bias: Any, eps: float) -> tupl
     x, n, c, hw = _layout(x)
     dtype = x.dtype
     t = c_type(dtype)
-    module = raw_module(cp, BATCH_NORM_SOURCE, _NAMES)
     splits = _splits(cp, c, n * hw)
     partial = cp.empty((3, c, splits), dtype=cp.float64)
-    module.get_function(f"bn_stats_partial<{t}>")(
+    kernel_function(cp, BATCH_NORM_SOURCE, _NAMES, f"bn_stats_partial<{t}>")(
         (splits, c), (THREADS,), (x, partial, np.int32(n), np.int32(c), np.int64(hw), np.int32(splits))
     )
     mean, var, inv_std, scale = (cp.empty(c, dtype=dtype) for _ in range(4))
     gamma = cp.ascontiguousarray(weight) if weight is not None else scale  # scale: a placeholder, never read
-    module.get_function(f"bn_stats_finalize<{t}>")(
+    kernel_function(cp, BATCH_NORM_SOURCE, _NAMES, f"bn_stats_finalize<{t}>")(
         (-(-c // THREADS),), (THREADS,),
         (partial, np.int32(c), np.int32(splits), np.float64(eps), gamma, np.int32(weight is not None),
          mean, var, inv_std, scale),
@@ -379,18 +379,17 @@ def batch_norm_train_backward(grad: Any, x: Any, mean: Any, inv_std: Any, weight
     g = cp.ascontiguousarray(grad).reshape(x.shape)
     dtype = x.dtype
     t = c_type(dtype)
-    module = raw_module(cp, BATCH_NORM_SOURCE, _NAMES)
     splits = _splits(cp, c, n * hw)
     partial = cp.empty((2, c, splits), dtype=cp.float64)
     mean = cp.ascontiguousarray(mean)
-    module.get_function(f"bn_backward_partial<{t}>")(
+    kernel_function(cp, BATCH_NORM_SOURCE, _NAMES, f"bn_backward_partial<{t}>")(
         (splits, c), (THREADS,), (g, x, mean, partial, np.int32(n), np.int32(c), np.int64(hw), np.int32(splits))
     )
     dweight, dbias = cp.empty(c, dtype=dtype), cp.empty(c, dtype=dtype)
     coef = cp.empty((3, c), dtype=dtype)
     inv_std = cp.ascontiguousarray(inv_std)
     gamma = cp.ascontiguousarray(weight) if weight is not None else inv_std  # placeholder when absent
-    module.get_function(f"bn_backward_finalize<{t}>")(
+    kernel_function(cp, BATCH_NORM_SOURCE, _NAMES, f"bn_backward_finalize<{t}>")(
         (-(-c // THREADS),), (THREADS,),
         (partial, np.int32(c), np.int32(splits), np.float64(n * hw), inv_std, gamma, np.int32(weight is not None),
          dweight, dbias, coef),
@@ -412,3 +411,12 @@ def update_running_stats(
     _elementwise(cp, _UPDATE_RUNNING)(
         batch_mean, batch_var, float(momentum), count / (count - 1), running_mean, running_var
     )
+
+
+dispatch.register("batch_norm_train_forward", "cuda", when=lambda x, weight, bias, eps: supported(x, weight, bias))(
+    batch_norm_train_forward
+)
+dispatch.register("batch_norm_train_backward", "cuda", when=lambda *arrays: supported(*arrays))(
+    batch_norm_train_backward
+)
+dispatch.register("update_running_stats", "cuda", when=lambda *args: supported(*args[:4]))(update_running_stats)

@@ -11,11 +11,25 @@ import contextlib
 
 import numpy as np
 import pytest
-from kernel_threads import force_kernel_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_threads import force_kernel_threads
 
-from minires.kernels import batch_norm as K
+from minires.fast import batch_norm as K
+from minires.fast.layout import is_channels_last
+from minires.kernels import batch_norm as R
+
+
+def _bn_relu_reference(x, w, b, eps, r=None):
+    """relu(bn(x) + r) from the reference kernels: (y, mean, var, inv_std)."""
+    z, mean, var, inv_std = R.batch_norm_train_forward(x, w, b, eps)
+    return np.maximum(z if r is None else z + r, 0), mean, var, inv_std
+
+
+def _bn_relu_backward_reference(g, y, x, mean, inv_std, w):
+    """(dx, dweight, dbias, dz) of relu(bn(x) + r) from the reference kernels; dz is also d r."""
+    dz = g * ~(y <= 0)
+    return (*R.batch_norm_train_backward(dz, x, mean, inv_std, w), dz)
 
 
 @contextlib.contextmanager
@@ -74,7 +88,7 @@ def rel_err(a, b):
 def test_train_forward_fast_matches_reference(case):
     shape, seed, hw, hb, slice_bytes = case
     x, w, b, _ = make(shape, seed, hw, hb)
-    ref = K.batch_norm_train_forward_reference(x, w, b, 1e-5)
+    ref = R.batch_norm_train_forward(x, w, b, 1e-5)
     with chunk_bytes(slice_bytes):
         fast = K.batch_norm_train_forward(x, w, b, 1e-5)
     for name, f, r in zip(("y", "mean", "var", "inv_std"), fast, ref):
@@ -87,8 +101,8 @@ def test_train_forward_fast_matches_reference(case):
 def test_train_backward_fast_matches_reference(case):
     shape, seed, hw, hb, slice_bytes = case
     x, w, b, g = make(shape, seed, hw, hb)
-    _, mean, _, inv_std = K.batch_norm_train_forward_reference(x, w, b, 1e-5)
-    ref = K.batch_norm_train_backward_reference(g, x, mean, inv_std, w)
+    _, mean, _, inv_std = R.batch_norm_train_forward(x, w, b, 1e-5)
+    ref = R.batch_norm_train_backward(g, x, mean, inv_std, w)
     with chunk_bytes(slice_bytes):
         fast = K.batch_norm_train_backward(g, x, mean, inv_std, w)
         no_dx = K.batch_norm_train_backward(g, x, mean, inv_std, w, need_dx=False)
@@ -110,8 +124,8 @@ def test_eval_forward_and_backward_fast_match_reference(case):
     running_mean = rng.standard_normal(c)
     running_var = rng.uniform(0.2, 3.0, c)
     inv_std = 1.0 / np.sqrt(running_var + 1e-5)
-    y_ref = K.batch_norm_eval_forward_reference(x, running_mean, running_var, w, b, 1e-5)
-    grads_ref = K.batch_norm_eval_backward_reference(g, x, running_mean, inv_std, w)
+    y_ref = R.batch_norm_eval_forward(x, running_mean, running_var, w, b, 1e-5)
+    grads_ref = R.batch_norm_eval_backward(g, x, running_mean, inv_std, w)
     with chunk_bytes(slice_bytes):
         y = K.batch_norm_eval_forward(x, running_mean, running_var, w, b, 1e-5)
         grads = K.batch_norm_eval_backward(g, x, running_mean, inv_std, w)
@@ -138,8 +152,8 @@ def test_float32_stays_float32_and_is_close_to_float64(slice_bytes):
     for a in (y, mean, var, inv_std, dx, dw, db, y_eval, *eval_grads):
         assert a.dtype == np.float32
     d = lambda a: a.astype(np.float64)  # noqa: E731
-    y64, mean64, var64, inv64 = K.batch_norm_train_forward_reference(d(x), d(w), d(b), 1e-5)
-    dx64, dw64, db64 = K.batch_norm_train_backward_reference(d(g), d(x), mean64, inv64, d(w))
+    y64, mean64, var64, inv64 = R.batch_norm_train_forward(d(x), d(w), d(b), 1e-5)
+    dx64, dw64, db64 = R.batch_norm_train_backward(d(g), d(x), mean64, inv64, d(w))
     assert rel_err(y, y64) < 1e-5
     assert rel_err(var, var64) < 1e-5
     assert rel_err(dx, dx64) < 1e-5
@@ -156,8 +170,8 @@ def test_float32_with_large_channel_mean_keeps_its_digits():
     y, mean, var, inv_std = K.batch_norm_train_forward(x, w, b, 1e-5)
     dx, dw, db = K.batch_norm_train_backward(g, x, mean, inv_std, w)
     d = lambda a: a.astype(np.float64)  # noqa: E731
-    y64, mean64, var64, inv64 = K.batch_norm_train_forward_reference(d(x), d(w), d(b), 1e-5)
-    dx64, dw64, _ = K.batch_norm_train_backward_reference(d(g), d(x), mean64, inv64, d(w))
+    y64, mean64, var64, inv64 = R.batch_norm_train_forward(d(x), d(w), d(b), 1e-5)
+    dx64, dw64, _ = R.batch_norm_train_backward(d(g), d(x), mean64, inv64, d(w))
     # For this data the shortcuts give relative errors of about 4e-2 (variance) and
     # 3e-5 (dweight); the centred sums stay near 1e-7. y may be off by the
     # rounding of the mean to float32 (spacing 6e-5 at 1000), relative to the std.
@@ -202,7 +216,7 @@ def test_non_contiguous_input_gives_the_same_result(rng):
     x = base.transpose(0, 1, 3, 2)  # (4, 6, 3, 5), not C-contiguous
     assert not x.flags.c_contiguous
     fast = K.batch_norm_train_forward(x, None, None, 1e-5)
-    ref = K.batch_norm_train_forward_reference(np.ascontiguousarray(x), None, None, 1e-5)
+    ref = R.batch_norm_train_forward(np.ascontiguousarray(x), None, None, 1e-5)
     np.testing.assert_allclose(fast[0], ref[0], rtol=1e-10, atol=1e-12)
     assert fast[0].shape == x.shape
 
@@ -220,7 +234,7 @@ def test_update_running_stats_in_place_with_unbiased_variance(rng, momentum):
     mean_before, var_before = running_mean.copy(), running_var.copy()
     ids = id(running_mean), id(running_var)
     _, mean, var, _ = K.batch_norm_train_forward(x, None, None, 1e-5)
-    K.update_running_stats(running_mean, running_var, mean, var, 6 * 4 * 5, momentum)
+    R.update_running_stats(running_mean, running_var, mean, var, 6 * 4 * 5, momentum)
     assert (id(running_mean), id(running_var)) == ids
     expected_mean = (1 - momentum) * mean_before + momentum * x.mean(axis=(0, 2, 3))
     expected_var = (1 - momentum) * var_before + momentum * x.var(axis=(0, 2, 3), ddof=1)
@@ -231,14 +245,14 @@ def test_update_running_stats_in_place_with_unbiased_variance(rng, momentum):
 def test_update_running_stats_keeps_float32_buffers():
     running_mean = np.zeros(2, np.float32)
     running_var = np.ones(2, np.float32)
-    K.update_running_stats(running_mean, running_var, np.ones(2, np.float32), np.ones(2, np.float32), 5, 0.1)
+    R.update_running_stats(running_mean, running_var, np.ones(2, np.float32), np.ones(2, np.float32), 5, 0.1)
     assert running_mean.dtype == np.float32 and running_var.dtype == np.float32
     np.testing.assert_allclose(running_var, 0.9 + 0.1 * 5 / 4, rtol=1e-6)
 
 
 def test_update_running_stats_needs_two_values():
     with pytest.raises(ValueError, match="at least 2 values per channel, got 1"):
-        K.update_running_stats(np.zeros(1), np.ones(1), np.zeros(1), np.zeros(1), 1, 0.1)
+        R.update_running_stats(np.zeros(1), np.ones(1), np.zeros(1), np.zeros(1), 1, 0.1)
 
 
 # ---------------------------------------------------------------------------
@@ -257,7 +271,7 @@ def channels_last(a):
 def test_channels_last_input_matches_reference_and_keeps_its_layout(shape, affine, slice_bytes):
     x, w, b, g = make(shape, 5, affine, affine, offset=1.0)
     x_cl, g_cl = channels_last(x), channels_last(g)
-    ref = K.batch_norm_train_forward_reference(x, w, b, 1e-5)
+    ref = R.batch_norm_train_forward(x, w, b, 1e-5)
     _, mean, _, inv_std = ref
     with chunk_bytes(slice_bytes):
         fast = K.batch_norm_train_forward(x_cl, w, b, 1e-5)
@@ -270,33 +284,33 @@ def test_channels_last_input_matches_reference_and_keeps_its_layout(shape, affin
     for f, r in zip(fast, ref):
         np.testing.assert_allclose(f, r, rtol=1e-10, atol=1e-12)
     assert fast[0].strides == x_cl.strides  # y is channels-last like x
-    want = K.batch_norm_train_backward_reference(g, x, mean, inv_std, w)
+    want = R.batch_norm_train_backward(g, x, mean, inv_std, w)
     for grads in backward:
         for f, r in zip(grads, want):
             np.testing.assert_allclose(f, r, rtol=1e-9, atol=1e-11)
         assert grads[0].strides == x_cl.strides
-    np.testing.assert_allclose(y_eval, K.batch_norm_eval_forward_reference(x, running_mean, running_var, w, b, 1e-5),
+    np.testing.assert_allclose(y_eval, R.batch_norm_eval_forward(x, running_mean, running_var, w, b, 1e-5),
                                rtol=1e-10, atol=1e-12)
-    for f, r in zip(eval_grads, K.batch_norm_eval_backward_reference(g, x, running_mean, inv_eval, w)):
+    for f, r in zip(eval_grads, R.batch_norm_eval_backward(g, x, running_mean, inv_eval, w)):
         np.testing.assert_allclose(f, r, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.skipif(
-    __import__("minires.kernels.conv", fromlist=["_blas_controller"])._blas_controller() is None,
+    __import__("minires.fast.threads", fromlist=["_blas_controller"])._blas_controller() is None,
     reason="threadpoolctl is not installed: the slices are never threaded",
 )
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_threaded_slices_give_the_reference_result(layout):
     x, w, b, g = make((7, 3, 4, 5), 9, True, True)
     prepare = channels_last if layout == "channels_last" else (lambda a: a)
-    ref = K.batch_norm_train_forward_reference(x, w, b, 1e-5)
+    ref = R.batch_norm_train_forward(x, w, b, 1e-5)
     _, mean, _, inv_std = ref
     with force_kernel_threads(2), chunk_bytes(1):  # one sample per slice, dealt to two threads
         fast = K.batch_norm_train_forward(prepare(x), w, b, 1e-5)
         grads = K.batch_norm_train_backward(prepare(g), prepare(x), mean, inv_std, w)
     for f, r in zip(fast, ref):
         np.testing.assert_allclose(f, r, rtol=1e-10, atol=1e-12)
-    for f, r in zip(grads, K.batch_norm_train_backward_reference(g, x, mean, inv_std, w)):
+    for f, r in zip(grads, R.batch_norm_train_backward(g, x, mean, inv_std, w)):
         np.testing.assert_allclose(f, r, rtol=1e-9, atol=1e-11)
 
 
@@ -306,8 +320,8 @@ def test_float32_channels_last_with_large_channel_mean_keeps_its_digits():
     y, mean, var, inv_std = K.batch_norm_train_forward(channels_last(x), w, b, 1e-5)
     dx, dw, _ = K.batch_norm_train_backward(channels_last(g), channels_last(x), mean, inv_std, w)
     d = lambda a: a.astype(np.float64)  # noqa: E731
-    y64, mean64, var64, inv64 = K.batch_norm_train_forward_reference(d(x), d(w), d(b), 1e-5)
-    dx64, dw64, _ = K.batch_norm_train_backward_reference(d(g), d(x), mean64, inv64, d(w))
+    y64, mean64, var64, inv64 = R.batch_norm_train_forward(d(x), d(w), d(b), 1e-5)
+    dx64, dw64, _ = R.batch_norm_train_backward(d(g), d(x), mean64, inv64, d(w))
     assert y.dtype == dx.dtype == np.float32
     assert rel_err(var, var64) < 1e-5
     assert rel_err(dw, dw64) < 1e-5
@@ -333,16 +347,19 @@ def test_fused_relu_matches_the_unfused_reference(case, with_residual, layout, t
     x, w, b, g = make(shape, seed, has_weight, has_bias)
     r = np.random.default_rng(seed + 1).standard_normal(shape) if with_residual else None
     four_d = len(shape) == 4
-    lay = (lambda a: channels_last(a) if four_d and layout != "nchw" and a is not None else a)
-    lay_r = (lambda a: a) if layout == "mixed" else lay
-    y_ref, mean_ref, var_ref, inv_ref = K.batch_norm_relu_train_forward_reference(x, w, b, 1e-5, r)
-    grads_ref = K.batch_norm_relu_train_backward_reference(g, y_ref, x, mean_ref, inv_ref, w)
+    def lay(a):
+        return channels_last(a) if four_d and layout != "nchw" and a is not None else a
+
+    def lay_r(a):
+        return a if layout == "mixed" else lay(a)
+    y_ref, mean_ref, var_ref, inv_ref = _bn_relu_reference(x, w, b, 1e-5, r)
+    grads_ref = _bn_relu_backward_reference(g, y_ref, x, mean_ref, inv_ref, w)
     threads = force_kernel_threads(2) if threaded else contextlib.nullcontext()
     with chunk_bytes(slice_bytes), threads:
         y, mean, var, inv_std = K.batch_norm_relu_train_forward(lay(x), w, b, 1e-5, lay_r(r))
         grads = K.batch_norm_relu_train_backward(lay(g), y, lay(x), mean, inv_std, w, need_dz=with_residual)
     if four_d and layout != "nchw":
-        assert K._channels_last(y) or y.flags.c_contiguous  # x's layout (both orders coincide when C or H*W is 1)
+        assert is_channels_last(y) or y.flags.c_contiguous  # x's layout (both orders coincide when C or H*W is 1)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     assert (y >= 0).all()
     for got, want in zip((mean, var, inv_std), (mean_ref, var_ref, inv_ref)):
@@ -365,6 +382,6 @@ def test_fused_relu_backward_skips_what_is_not_needed_and_lets_nan_through():
     assert dx is None
     assert dz[0, 0, 0, 0] == g[0, 0, 0, 0]
     np.testing.assert_array_equal(dz, g * ~(y_nan <= 0))
-    want = K.batch_norm_train_backward_reference(dz, x, mean, inv_std, w)
+    want = R.batch_norm_train_backward(dz, x, mean, inv_std, w)
     np.testing.assert_allclose(dw, want[1], rtol=1e-10)
     np.testing.assert_allclose(db, want[2], rtol=1e-10)

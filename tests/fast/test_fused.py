@@ -1,4 +1,4 @@
-"""batch_norm_relu: relu(batch_norm(x) + residual) as one fused Function, and BatchNorm2d.fused_relu.
+"""The fast set's fused relu(batch_norm(x) + residual): the Function, and bn_relu on a BatchNorm2d module.
 
 The fused Function must be indistinguishable from the three separate
 operations: gradient checks (float64, central differences, random upstream
@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from block_cases import GRADCHECK_CASES, randomise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minires
 from minires import Tensor, gradcheck, nn
-from minires.nn.functional import batch_norm, batch_norm_relu, relu
+from minires.fast.fused import _stock, batch_norm_relu, bn_relu
+from minires.models import BasicBlock
+from minires.nn.functional import batch_norm, relu
 
 
 @st.composite
@@ -104,7 +107,7 @@ def test_bad_residual_is_refused_with_a_clear_error():
 
 
 # ---------------------------------------------------------------------------
-# BatchNorm2d.fused_relu
+# bn_relu: a BatchNorm2d module fused with its ReLU
 # ---------------------------------------------------------------------------
 
 
@@ -122,9 +125,9 @@ def _bn_pair(c, seed):
     return layers
 
 
-@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("with_residual", [True, False])
-def test_module_fused_relu_matches_relu_of_the_module_output(training, with_residual):
+def test_bn_relu_matches_relu_of_the_module_output(with_residual):
+    training = True
     rng = np.random.default_rng(5)
     x_data, r_data = rng.standard_normal((3, 4, 5, 5)), rng.standard_normal((3, 4, 5, 5))
     upstream = rng.standard_normal((3, 4, 5, 5))
@@ -134,7 +137,7 @@ def test_module_fused_relu_matches_relu_of_the_module_output(training, with_resi
         bn.train(training)
         x = Tensor(x_data, requires_grad=True)
         r = Tensor(r_data, requires_grad=True) if with_residual else None
-        y = bn.fused_relu(x, residual=r) if fused else relu(bn(x) if r is None else bn(x) + r)
+        y = bn_relu(bn, x, residual=r) if fused else relu(bn(x) if r is None else bn(x) + r)
         y.backward(Tensor(upstream))
         outputs.append([y.data, x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var]
                        + ([r.grad] if with_residual else []))
@@ -143,28 +146,18 @@ def test_module_fused_relu_matches_relu_of_the_module_output(training, with_resi
     assert int(fused_bn.num_batches_tracked) == int(plain_bn.num_batches_tracked) == (2 if training else 1)
 
 
-def test_module_fused_relu_runs_forward_hooks_by_not_fusing():
-    bn = nn.BatchNorm2d(2).to(dtype=np.float64)
-    seen = []
-    bn.register_forward_hook(lambda module, inputs, output: seen.append(output))
-    x = Tensor(np.random.default_rng(0).standard_normal((2, 2, 3, 3)))
-    y = bn.fused_relu(x)
-    assert len(seen) == 1  # the hook saw the batch norm's own output, before the ReLU
-    np.testing.assert_array_equal(y.data, np.maximum(seen[0].data, 0))
-
-
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_a_refused_input_does_not_count_a_batch(momentum):
     """num_batches_tracked counts only batches that were normalised (it sets momentum=None's average)."""
     bn = nn.BatchNorm2d(3, momentum=momentum).to(dtype=np.float64)
     x = Tensor(np.random.default_rng(1).standard_normal((2, 3, 4, 4)))
     with pytest.raises(ValueError, match="residual has shape"):
-        bn.fused_relu(x, residual=Tensor(np.zeros((2, 3, 4, 5))))
+        bn_relu(bn, x, residual=Tensor(np.zeros((2, 3, 4, 5))))
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         bn(Tensor(np.zeros((1, 3, 1, 1))))
     assert int(bn.num_batches_tracked) == 0
     np.testing.assert_array_equal(bn.running_mean, np.zeros(3))
-    bn.fused_relu(x)
+    bn_relu(bn, x)
     bn(x)
     assert int(bn.num_batches_tracked) == 2
     if momentum is None:  # cumulative average of the two batches' means (the same x twice)
@@ -174,3 +167,77 @@ def test_a_refused_input_does_not_count_a_batch(momentum):
 def test_errors_name_the_function_called():
     with pytest.raises(TypeError, match="batch_norm_relu needs a floating-point x"):
         batch_norm_relu(Tensor(np.zeros((2, 3), dtype=np.int64)), None, None)
+
+
+
+# ---------------------------------------------------------------------------
+# The fused forward (training mode, nothing watching) is the textbook forward
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls, in_planes, planes, stride, kwargs", GRADCHECK_CASES)
+def test_fused_forward_equals_the_layer_by_layer_forward(cls, in_planes, planes, stride, kwargs):
+    """Same output, input and parameter gradients and running statistics, fused or not (float64).
+
+    A registered tap makes a block run its layers one by one (the taps need
+    F(x) and s(x) as tensors); without one, training mode runs each BN + ReLU
+    (+ addition) as one BatchNormReLUTrain.
+    """
+    rng = np.random.default_rng(21)
+    x_data = rng.standard_normal((3, in_planes, 5, 5))
+    runs = []
+    for fused in (True, False):
+        block = randomise(cls(in_planes, planes, stride=stride, **kwargs).double(), 20).train()
+        if not fused:
+            block.add_tap(lambda *args: None)
+        x = minires.Tensor(x_data, requires_grad=True)
+        y = block(x)
+        assert (y._ctx.fn.__name__ == "BatchNormReLUTrain") == fused
+        y.backward(minires.Tensor(np.random.default_rng(22).standard_normal(y.shape)))
+        runs.append((y.data, x.grad, [p.grad for p in block.parameters()], [b.copy() for b in block.buffers()]))
+    (y1, gx1, gp1, b1), (y2, gx2, gp2, b2) = runs
+    np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gx1, gx2, rtol=1e-9, atol=1e-12)
+    for a, b in zip(gp1 + b1, gp2 + b2):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_eval_mode_and_forward_hooks_take_the_layer_by_layer_path():
+    block = randomise(BasicBlock(3, 3).double(), 23)
+    x = minires.Tensor(np.random.default_rng(24).standard_normal((2, 3, 4, 4)), requires_grad=True)
+    assert block.eval()(x)._ctx.fn.__name__ == "ReLUFunction"
+    assert block.train()(x)._ctx.fn.__name__ == "BatchNormReLUTrain"
+    seen = []
+    block.relu.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    block(x)
+    assert len(seen) == 2  # the block's ReLU module ran twice (after bn1, after the addition): not fused
+
+
+def test_only_stock_batch_norms_and_relus_are_fused():
+    """A replaced BN (diagnostics swap in Identity), another activation, or a subclass with its own forward
+    runs layer by layer."""
+    class Scaled(nn.BatchNorm2d):
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    class Renamed(nn.BatchNorm2d):
+        pass
+
+    class Leaky(nn.ReLU):
+        def forward(self, x):
+            return nn.functional.relu(x) - 0.1 * nn.functional.relu(-x)
+
+    bn, relu_ = nn.BatchNorm2d, nn.ReLU
+    assert _stock(bn(3), bn) and _stock(Renamed(3), bn) and _stock(relu_(), relu_)
+    assert not _stock(Scaled(3), bn) and not _stock(nn.Identity(), bn) and not _stock(Leaky(), relu_)
+    patched = nn.BatchNorm2d(3)
+    patched.forward = lambda x: x  # an instance's own forward, too
+    assert not _stock(patched, bn)
+    x = minires.Tensor(np.random.default_rng(25).standard_normal((2, 3, 4, 4)).astype(np.float32), requires_grad=True)
+    for attribute, replacement in (("bn2", Scaled(3)), ("relu", Leaky())):
+        block = BasicBlock(3, 3).train()
+        setattr(block, attribute, replacement)
+        y = block(x)
+        assert y._ctx.fn.__name__ != "BatchNormReLUTrain"
+        textbook = block.relu(block._branch(x) + x)  # the formula with the replacement's forward
+        np.testing.assert_allclose(y.data, textbook.data, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,484 @@
+"""The fast CPU batch norm: the same numbers as :mod:`minires.kernels.batch_norm`, in fewer passes.
+
+How (README.md, "Batch norm"):
+
+* x is viewed as the (N, C*L) matrix of its own memory (channels-last or
+  NCHW, no transpose); per-channel factors become one contiguous row, so
+  NumPy runs long contiguous loops.
+* Per-channel sums as a BLAS matrix-vector product, dot products with einsum.
+* The batch in cache-sized slices, all operations on a slice back to back,
+  the slices shared among the kernel threads (:mod:`.threads`).
+* Sums over explicitly centred values (sum((x - mu)^2), not sum(x^2) - m mu^2),
+  which keeps float32's digits; per-channel totals in float64.
+* Fused ``relu(bn(x) + r)``: the ReLU and the residual addition ride on the
+  last pass over each slice, and the ReLU's mask on the first backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .. import dispatch
+from ..backend import get_array_module
+from .layout import is_channels_last
+from .memory import empty_aligned
+from .threads import run_chunks
+
+__all__ = [
+    "batch_norm_train_forward",
+    "batch_norm_train_backward",
+    "batch_norm_eval_forward",
+    "batch_norm_eval_backward",
+    "batch_norm_relu_train_forward",
+    "batch_norm_relu_train_backward",
+    "channel_sum",
+    "channel_dot",
+]
+
+# Size of the batch slices the CPU path works on: small enough that a slice of
+# x, of the output and of one temporary stay in a core's L2 cache together,
+# large enough that NumPy's per-call overhead (a few microseconds per
+# operation, several operations per slice, held under the GIL while two
+# threads share the slices) stays small (README.md). Tests shrink it to
+# exercise slices that do not divide the batch.
+_CHUNK_BYTES = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# Layout helpers
+# ---------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+def _as_rows(a: Any, channels_last: bool) -> Any:
+    """``(N, C, *spatial)`` as an ``(N, K)`` matrix (K = C*L) in NCHW or channels-last order.
+
+    A view when ``a`` already has that memory order, else a copy into it
+    (e.g. an upstream gradient whose layout differs from x's).
+    """
+    xp = get_array_module(a)
+    n = a.shape[0]
+    if channels_last:
+        return xp.ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(n, -1)
+    return xp.ascontiguousarray(a).reshape(n, -1)
+
+
+def _from_rows(a2: Any, shape: tuple, channels_last: bool) -> Any:
+    """Inverse of :func:`_as_rows`: the ``(N, K)`` matrix back as an array of ``shape`` (a view)."""
+    if channels_last:
+        n, c, h, w = shape
+        return a2.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    return a2.reshape(shape)
+
+
+def _row(values: Any, length: int, dtype: Any, channels_last: bool = False) -> Any:
+    """Per-channel ``values`` (C,) laid out as one row of the ``(N, K)`` matrix, K = C * length.
+
+    NCHW: each value repeated ``length`` times (c0 c0 ... c1 c1 ...);
+    channels-last: the whole vector tiled ``length`` times (c0 c1 ... c0 c1 ...).
+    Broadcast over the batch axis, the row gives channel c's value to every
+    element of channel c.
+    """
+    xp = get_array_module(values)
+    values = values.astype(dtype, copy=False)
+    return xp.tile(values, length) if channels_last else xp.repeat(values, length)
+
+
+def _fold(columns: Any, channels: int, channels_last: bool) -> Any:
+    """Totals per column of the ``(N, K)`` matrix, (K,), -> totals per channel, float64 (C,)."""
+    xp = get_array_module(columns)
+    if channels_last:
+        return columns.reshape(-1, channels).sum(axis=0, dtype=xp.float64)
+    return columns.reshape(channels, -1).sum(axis=1, dtype=xp.float64)
+
+
+def _column_sum(a2: Any) -> Any:
+    """Sum over the rows of an ``(N, K)`` matrix: ``ones(N) @ a``, one BLAS pass."""
+    xp = get_array_module(a2)
+    return xp.ones(a2.shape[0], dtype=a2.dtype) @ a2
+
+
+def _column_dot(a2: Any, b2: Any) -> Any:
+    """``sum over n of a[n, k] * b[n, k]`` for every column k, without materialising ``a * b``."""
+    xp = get_array_module(a2, b2)
+    return xp.einsum("nk,nk->k", a2, b2)
+
+
+def _slice_rows(n: int, row_bytes: int, xp: Any) -> int:
+    """Samples per batch slice: about ``_CHUNK_BYTES`` of them."""
+    return max(1, _CHUNK_BYTES // max(1, row_bytes))
+
+
+def _batch_slices(n: int, row_bytes: int, xp: Any) -> list:
+    """Slices of the batch axis of about ``_CHUNK_BYTES`` each."""
+    step = _slice_rows(n, row_bytes, xp)
+    return [slice(start, min(n, start + step)) for start in range(0, n, step)]
+
+
+def _over_slices(xp: Any, n: int, row_bytes: int, body: Callable[[list], Any], size: int) -> list:
+    """Run ``body(slices)`` on the batch slices of :func:`_batch_slices`, shared among threads.
+
+    The slices are dealt to the kernel threads of
+    :func:`minires.fast.threads.run_chunks` (NumPy releases the GIL inside
+    each operation, so two threads run two slices at once); ``body`` gets
+    one thread's list of slices and returns its partial result. Returns the
+    list of partial results, one per thread, in a fixed order (so sums of
+    them are reproducible run to run). ``size``: elements of the array, to
+    decide whether threads are worth their hand-off.
+    """
+    step = _slice_rows(n, row_bytes, xp)
+    return run_chunks(
+        xp, n, step, lambda starts: body([slice(s, min(n, s + step)) for s in starts]), flops=4 * size
+    )
+
+
+def channel_sum(a3: Any) -> Any:
+    """Per-channel sum of an ``(N, C, L)`` array, as float64 ``(C,)``.
+
+    ``ones(N) @ a.reshape(N, C*L)`` sums over the batch with one BLAS
+    matrix-vector product (multi-threaded, one pass over ``a``); the
+    ``(C, L)`` remainder is small.
+    """
+    n, c, length = a3.shape
+    return _fold(_column_sum(a3.reshape(n, c * length)), c, channels_last=False)
+
+
+def channel_dot(a3: Any, b3: Any) -> Any:
+    """Per-channel dot product ``sum over n, l of a[n, c, l] * b[n, c, l]``, as float64 ``(C,)``."""
+    n, c, length = a3.shape
+    return _fold(_column_dot(a3.reshape(n, c * length), b3.reshape(n, c * length)), c, channels_last=False)
+
+
+def _centered_channel_dot(
+    g2: Any, x2: Any, mean: Any, channels: int, channels_last: bool, centred_out: Any = None
+) -> Any:
+    """``sum(g * (x - mean))`` per channel, float64 (C,), centring slice by slice.
+
+    ``g2`` and ``x2`` are ``(N, K)`` matrices from :func:`_as_rows` (same
+    order). Not ``channel_dot(g, x) - mean * channel_sum(g)``: see "Numerical
+    care" in the module docstring. The centred values go to a small scratch
+    buffer that stays in cache, or, when the caller passes ``centred_out`` (an
+    ``(N, K)`` array), into that array, for the caller to reuse.
+    """
+    xp = get_array_module(g2, x2)
+    n, k = x2.shape
+    mean_row = _row(mean, k // channels, x2.dtype, channels_last)
+    slices = _batch_slices(n, k * x2.itemsize, xp)
+    if centred_out is None:
+        scratch = xp.empty((slices[0].stop - slices[0].start, k), dtype=x2.dtype)
+    total = xp.zeros(k, dtype=x2.dtype)
+    for s in slices:
+        centred = scratch[: s.stop - s.start] if centred_out is None else centred_out[s]
+        xp.subtract(x2[s], mean_row, out=centred)
+        total += _column_dot(g2[s], centred)
+    return _fold(total, channels, channels_last)
+
+
+# ---------------------------------------------------------------------------
+# Training mode
+# ---------------------------------------------------------------------------
+
+
+
+
+def batch_norm_train_forward(x: Any, weight: Any, bias: Any, eps: float) -> tuple:
+    """Training-mode forward: same contract as :func:`minires.kernels.batch_norm.batch_norm_train_forward`.
+
+    Three passes over memory, each slice by slice and shared among the
+    kernel threads: the sums for the means; ``y = x - mean`` written
+    straight into the output buffer and the sum of its squares taken while
+    the slice is in cache; ``y *= gamma * s; y += beta`` in place. Saves
+    nothing but what it returns: backward recomputes the centred values
+    from x.
+    """
+    return _train_forward(x, weight, bias, eps)
+
+
+def _train_forward(x: Any, weight: Any, bias: Any, eps: float, residual: Any = None, relu: bool = False) -> tuple:
+    """The CPU forward above; with ``residual`` and/or ``relu``, the last pass also adds and clamps (fused, below)."""
+    xp = get_array_module(x)
+    cl = is_channels_last(x)
+    x2 = _as_rows(x, cl)
+    n, k = x2.shape
+    c = x.shape[1]
+    length = k // c
+    m = n * length
+    dtype = x2.dtype
+
+    row_bytes = k * x2.itemsize
+
+    def column_sums(slices: list) -> Any:
+        total = xp.zeros(k, dtype=dtype)
+        for s in slices:
+            total += _column_sum(x2[s])
+        return total
+
+    mean = (_fold(sum(_over_slices(xp, n, row_bytes, column_sums, x.size)), c, cl) / m).astype(dtype)
+    mean_row = _row(mean, length, dtype, cl)
+    y2 = empty_aligned(xp, x2.shape, dtype)  # starts a memory page (see .memory)
+
+    def centre(slices: list) -> Any:
+        sum_sq = xp.zeros(k, dtype=dtype)
+        for s in slices:
+            centred = y2[s]
+            xp.subtract(x2[s], mean_row, out=centred)
+            sum_sq += _column_dot(centred, centred)
+        return sum_sq
+
+    var = _fold(sum(_over_slices(xp, n, row_bytes, centre, x.size)), c, cl) / m
+    inv_std = 1.0 / xp.sqrt(var + eps)
+
+    scale = inv_std if weight is None else inv_std * weight.astype(xp.float64)
+    scale_row = _row(scale, length, dtype, cl)
+    bias_row = None if bias is None else _row(bias, length, dtype, cl)
+    r2 = None if residual is None else _as_rows(residual, cl)
+
+    def scale_and_shift(slices: list) -> None:
+        for s in slices:
+            out = y2[s]
+            out *= scale_row
+            if bias_row is not None:
+                out += bias_row
+            if r2 is not None:
+                out += r2[s]
+            if relu:
+                xp.maximum(out, 0, out=out)
+
+    _over_slices(xp, n, row_bytes, scale_and_shift, x.size)
+    return _from_rows(y2, x.shape, cl), mean, var.astype(dtype), inv_std.astype(dtype)
+
+
+
+
+def batch_norm_train_backward(
+    grad: Any,
+    x: Any,
+    mean: Any,
+    inv_std: Any,
+    weight: Any,
+    need_dx: bool = True,
+) -> tuple:
+    """Training-mode backward, fast path: same contract as the reference.
+
+    ``need_dx=False`` skips the input gradient (returns None for it), e.g. for
+    a first layer whose input needs no gradient.
+
+    Two passes over memory, each slice by slice while the slice is in cache
+    (slices shared among the kernel threads): the first takes dbias = sum(g) and dgamma = s * sum(g * (x - mean)); the
+    second writes dx as ``a * g + b * (x - mean) + c`` with per-channel
+    a, b, c::
+
+        a = gamma * s,   b = -gamma * s^3 * sum(g (x - mu)) / m,   c = -gamma * s * sum(g) / m
+
+    which is the closed form with xhat = (x - mu) s expanded.
+    """
+    dx, dweight, dbias, _ = _train_backward(grad, x, mean, inv_std, weight, need_dx)
+    return dx, dweight, dbias
+
+
+def _train_backward(
+    grad: Any, x: Any, mean: Any, inv_std: Any, weight: Any, need_dx: bool, relu_out: Any = None, keep_dz: bool = False
+) -> tuple:
+    """The CPU backward above, returning ``(dx, dweight, dbias, dz)``.
+
+    With ``relu_out`` (the output y of a fused ``relu(bn(x) [+ r])``), the
+    first pass gates the gradient with y's mask while each slice is in cache,
+    ``dz = grad * (y > 0)`` (the gradient of the ReLU's input), and the rest
+    runs on dz. ``dz`` is returned when ``keep_dz`` (the residual's gradient),
+    else its buffer becomes dx; without ``relu_out`` it is None.
+    """
+    xp = get_array_module(grad, x)
+    cl = is_channels_last(x)
+    x2 = _as_rows(x, cl)
+    g2 = _as_rows(grad, cl)  # in x's memory order (a copy only if grad's differs)
+    y2 = None if relu_out is None else _as_rows(relu_out, cl)
+    dz2 = None if y2 is None else empty_aligned(xp, x2.shape, x2.dtype)
+    n, k = x2.shape
+    c = x.shape[1]
+    length = k // c
+    m = n * length
+    dtype = x2.dtype
+
+    mean_row = _row(mean, length, dtype, cl)
+    row_bytes = k * x2.itemsize
+    rows_per_slice = _slice_rows(n, row_bytes, xp)
+
+    def sums(slices: list) -> Any:
+        # Both sums from each slice while it is in cache. The centred values
+        # go to a small scratch buffer, not to memory: pass 2 recomputes them,
+        # which is cheaper than writing and re-reading a full-size array.
+        scratch = empty_aligned(xp, (rows_per_slice, k), dtype)
+        sum_g_cols = xp.zeros(k, dtype=dtype)
+        dot_cols = xp.zeros(k, dtype=dtype)
+        for sl in slices:
+            g_slice, centred = g2[sl], scratch[: sl.stop - sl.start]
+            if y2 is not None:
+                # "not y <= 0" rather than "y > 0": NaN passes, as in relu_backward.
+                g_slice = xp.multiply(g_slice, ~(y2[sl] <= 0), out=dz2[sl])
+            sum_g_cols += _column_sum(g_slice)
+            xp.subtract(x2[sl], mean_row, out=centred)
+            dot_cols += _column_dot(g_slice, centred)
+        return xp.stack([sum_g_cols, dot_cols])
+
+    totals = sum(_over_slices(xp, n, row_bytes, sums, x.size))
+    sum_g, sum_g_centred = _fold(totals[0], c, cl), _fold(totals[1], c, cl)
+    s = inv_std.astype(xp.float64)
+    dbias = sum_g
+    dweight = sum_g_centred * s
+    dz = None if (dz2 is None or not keep_dz) else _from_rows(dz2, x.shape, cl)
+    if not need_dx:
+        return None, dweight.astype(dtype), dbias.astype(dtype), dz
+    if dz2 is not None:
+        g2 = dz2  # pass 2 runs on the gated gradient
+
+    gamma = xp.ones(c, dtype=xp.float64) if weight is None else weight.astype(xp.float64)
+    a = gamma * s
+    b = -gamma * s**3 * sum_g_centred / m
+    c_shift = -gamma * s * sum_g / m
+    a_row, b_row, c_row = (_row(v, length, dtype, cl) for v in (a, b, c_shift))
+
+    # dx may overwrite the gated gradient in place when nobody keeps it:
+    # each slice reads its g before writing dx (scaled_g first).
+    dx2 = dz2 if (dz2 is not None and not keep_dz) else empty_aligned(xp, (n, k), dtype)
+
+    def input_gradient(slices: list) -> None:  # pass 2: dx = b * (x - mean) + a * g + c
+        scratch = empty_aligned(xp, (rows_per_slice, k), dtype)
+        for sl in slices:
+            scaled_g = scratch[: sl.stop - sl.start]
+            xp.multiply(g2[sl], a_row, out=scaled_g)
+            out = dx2[sl]
+            xp.subtract(x2[sl], mean_row, out=out)
+            out *= b_row
+            out += scaled_g
+            out += c_row
+
+    _over_slices(xp, n, row_bytes, input_gradient, x.size)
+    return _from_rows(dx2, x.shape, cl), dweight.astype(dtype), dbias.astype(dtype), dz
+
+
+# ---------------------------------------------------------------------------
+# Fused with the ReLU that follows (and a residual addition before it)
+# ---------------------------------------------------------------------------
+#
+# In a ResNet every batch norm is followed by a ReLU, the last one of a
+# residual block after adding the shortcut: z = bn(x) + r, y = relu(z).
+# Run as three operations, the addition and the ReLU each make one more full
+# pass over memory forward and the ReLU another backward, and each allocates
+# a full-size array. Fused, they become two more operations on the slice
+# that the batch norm's last pass already holds in cache, and the ReLU's
+# backward mask is applied inside the batch norm's first backward pass. Same
+# numbers; the unfused composition is the reference. CPU only.
+
+
+
+
+def batch_norm_relu_train_forward(x: Any, weight: Any, bias: Any, eps: float, residual: Any = None) -> tuple:
+    """Fused ``relu(bn(x) + residual)``: ``(y, mean, var, inv_std)`` as the unfused batch norm gives them.
+
+    The batch norm's passes as in :func:`batch_norm_train_forward`; the last
+    one also adds the residual slice and clamps at zero. y comes back in x's
+    memory layout (a residual in another layout is copied to x's first).
+    """
+    return _train_forward(x, weight, bias, eps, residual=residual, relu=True)
+
+
+
+
+def batch_norm_relu_train_backward(
+    grad: Any, y: Any, x: Any, mean: Any, inv_std: Any, weight: Any, need_dx: bool = True, need_dz: bool = True
+) -> tuple:
+    """Fused backward of ``y = relu(bn(x) + r)``: ``(dx, dweight, dbias, dz)``, dz the gradient of r.
+
+    ``need_dz=False`` (no residual, or its gradient not needed) returns None
+    for dz and lets dx reuse its buffer; ``need_dx=False`` returns None for dx.
+    """
+    return _train_backward(grad, x, mean, inv_std, weight, need_dx, relu_out=y, keep_dz=need_dz)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation mode: a fixed per-channel affine map
+# ---------------------------------------------------------------------------
+
+
+
+
+def batch_norm_eval_forward(
+    x: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any, eps: float
+) -> Any:
+    """Evaluation-mode forward, fast path: ``y = x * scale + shift`` per channel.
+
+    ``scale = gamma * s`` and ``shift = beta - mean * scale`` fold the four
+    operations of the reference into two (as PyTorch's CPU kernel does),
+    computed slice by slice so the second finds the slice in cache.
+    """
+    xp = get_array_module(x)
+    cl = is_channels_last(x)
+    x2 = _as_rows(x, cl)
+    n, k = x2.shape
+    c = x.shape[1]
+    length = k // c
+    dtype = x2.dtype
+    s = 1.0 / xp.sqrt(running_var.astype(xp.float64) + eps)
+    scale = s if weight is None else s * weight.astype(xp.float64)
+    shift = -running_mean.astype(xp.float64) * scale
+    if bias is not None:
+        shift = shift + bias.astype(xp.float64)
+    scale_row, shift_row = _row(scale, length, dtype, cl), _row(shift, length, dtype, cl)
+    y2 = xp.empty_like(x2)
+    for sl in _batch_slices(n, k * x2.itemsize, xp):
+        out = y2[sl]
+        xp.multiply(x2[sl], scale_row, out=out)
+        out += shift_row
+    return _from_rows(y2, x.shape, cl)
+
+
+
+
+def batch_norm_eval_backward(
+    grad: Any,
+    x: Any,
+    mean: Any,
+    inv_std: Any,
+    weight: Any,
+    need_dx: bool = True,
+    need_dparams: bool = True,
+) -> tuple:
+    """Evaluation-mode backward, fast path: same contract as the reference.
+
+    dx is one multiplication. The parameter sums (skipped when
+    ``need_dparams`` is False, returning None for both) use the same
+    BLAS sum and centred dot product as training mode.
+    """
+    xp = get_array_module(grad, x)
+    cl = is_channels_last(x)
+    g2 = _as_rows(grad, cl)
+    n, k = g2.shape
+    c = x.shape[1]
+    length = k // c
+    dtype = g2.dtype
+    dweight = dbias = dx = None
+    if need_dparams:
+        x2 = _as_rows(x, cl)
+        dbias = _fold(_column_sum(g2), c, cl).astype(dtype)
+        dweight = (_centered_channel_dot(g2, x2, mean, c, cl) * inv_std.astype(xp.float64)).astype(dtype)
+    if need_dx:
+        a = inv_std.astype(xp.float64)
+        if weight is not None:
+            a = a * weight.astype(xp.float64)
+        dx = _from_rows(xp.multiply(g2, _row(a, length, dtype, cl)), x.shape, cl)
+    return dx, dweight, dbias
+
+
+# ---------------------------------------------------------------------------
+# Running statistics
+# ---------------------------------------------------------------------------
+
+
+for _name in ("batch_norm_train_forward", "batch_norm_train_backward", "batch_norm_eval_forward",
+              "batch_norm_eval_backward"):
+    dispatch.register(_name, "cpu")(globals()[_name])
