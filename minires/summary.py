@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import nn
+from .kernels.im2col import pair
 from .tensor import Tensor, no_grad
 
 __all__ = ["summary", "Summary", "LayerInfo", "layer_macs"]
@@ -69,7 +70,7 @@ def layer_macs(module: nn.Module, output_shape: Sequence[int]) -> int:
             ``(N, C_out, H_out, W_out)`` for a conv, ``(N, ..., out_features)`` for a linear.
     """
     if isinstance(module, nn.Conv2d):
-        kh, kw = _pair(module.kernel_size)
+        kh, kw = pair("kernel_size", module.kernel_size, 1)
         groups = getattr(module, "groups", 1)
         _, c_out, h_out, w_out = output_shape
         return int(c_out * (module.in_channels // groups) * kh * kw * h_out * w_out)
@@ -77,10 +78,6 @@ def layer_macs(module: nn.Module, output_shape: Sequence[int]) -> int:
         rows = math.prod(output_shape[1:-1])  # 1 for (N, out); more for (N, T, out)
         return int(module.in_features * module.out_features * rows)
     return 0
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 class Summary:

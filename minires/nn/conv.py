@@ -18,22 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.im2col import pair
 from . import functional as F
 from . import init
 from .module import Module
 from .parameter import Parameter
 
 __all__ = ["Conv2d"]
-
-
-def _pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
-    """``3 -> (3, 3)``; ``(3, 1)`` stays; checks the values are integers >= minimum."""
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if any(v < minimum for v in pair):
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -68,10 +59,10 @@ class Conv2d(Module):
         super().__init__()
         self.in_channels = _positive_int(in_channels, "in_channels")
         self.out_channels = _positive_int(out_channels, "out_channels")
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
-        self.dilation = _pair(dilation, "dilation", 1)
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = pair("stride", stride, 1)
+        self.padding = pair("padding", padding, 0)
+        self.dilation = pair("dilation", dilation, 1)
         shape = (self.out_channels, self.in_channels) + self.kernel_size
         self.weight = Parameter(np.empty(shape, dtype=np.float32))
         if bias:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..kernels.im2col import pair
 from . import functional as F
-from .conv import _pair
 from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
@@ -27,9 +27,9 @@ class _Pool2d(Module):
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0) -> None:
         super().__init__()
         # Validate eagerly so a bad setting fails when the model is built, not at the first batch.
-        kh, kw = _pair(kernel_size, "kernel_size", 1)
-        _pair(kernel_size if stride is None else stride, "stride", 1)
-        ph, pw = _pair(padding, "padding", 0)
+        kh, kw = pair("kernel_size", kernel_size, 1)
+        pair("stride", kernel_size if stride is None else stride, 1)
+        ph, pw = pair("padding", padding, 0)
         if ph > kh // 2 or pw > kw // 2:
             raise ValueError(f"padding {padding!r} must be at most half of kernel_size {kernel_size!r}")
         self.kernel_size = _setting(kernel_size)
@@ -76,7 +76,7 @@ class AdaptiveAvgPool2d(Module):
 
     def __init__(self, output_size: Any) -> None:
         super().__init__()
-        if _pair(output_size, "output_size", 1) != (1, 1):
+        if pair("output_size", output_size, 1) != (1, 1):
             raise ValueError(
                 f"AdaptiveAvgPool2d supports only output_size 1 or (1, 1) (global average pooling), got {output_size!r}"
             )

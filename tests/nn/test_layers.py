@@ -167,7 +167,7 @@ def test_layers_reject_bad_inputs(rng):
         nn.BatchNorm1d(3)(x)
     with pytest.raises(ValueError, match=r"Linear\(in_features=5\) expects input of shape \(\.\.\., 5\)"):
         nn.Linear(5, 2)(_tensor(np.zeros((2, 4), dtype=np.float32)))
-    with pytest.raises(ValueError, match="kernel_size must be an int or a pair of ints"):
+    with pytest.raises(TypeError, match="kernel_size must be an int or a pair of ints"):
         nn.Conv2d(3, 4, kernel_size=2.5)
     with pytest.raises(ValueError, match="stride must be >= 1, got 0"):
         nn.Conv2d(3, 4, 3, stride=0)
