@@ -68,15 +68,15 @@ def _as_rows(a: Any, channels_last: bool) -> Any:
     return xp.ascontiguousarray(a).reshape(n, -1)
 
 
-def _from_rows(a2: Any, shape: tuple, channels_last: bool) -> Any:
+def _from_rows(a_rows: Any, shape: tuple, channels_last: bool) -> Any:
     """Inverse of :func:`_as_rows`: the ``(N, K)`` matrix back as an array of ``shape`` (a view)."""
     if channels_last:
         n, c, h, w = shape
-        return a2.reshape(n, h, w, c).transpose(0, 3, 1, 2)
-    return a2.reshape(shape)
+        return a_rows.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    return a_rows.reshape(shape)
 
 
-def _row(values: Any, length: int, dtype: Any, channels_last: bool = False) -> Any:
+def _channel_row(values: Any, length: int, dtype: Any, channels_last: bool = False) -> Any:
     """Per-channel ``values`` (C,) laid out as one row of the ``(N, K)`` matrix, K = C * length.
 
     NCHW: each value repeated ``length`` times (c0 c0 ... c1 c1 ...);
@@ -89,7 +89,7 @@ def _row(values: Any, length: int, dtype: Any, channels_last: bool = False) -> A
     return xp.tile(values, length) if channels_last else xp.repeat(values, length)
 
 
-def _fold(columns: Any, channels: int, channels_last: bool) -> Any:
+def _channel_totals(columns: Any, channels: int, channels_last: bool) -> Any:
     """Totals per column of the ``(N, K)`` matrix, (K,), -> totals per channel, float64 (C,)."""
     xp = get_array_module(columns)
     if channels_last:
@@ -97,16 +97,16 @@ def _fold(columns: Any, channels: int, channels_last: bool) -> Any:
     return columns.reshape(channels, -1).sum(axis=1, dtype=xp.float64)
 
 
-def _column_sum(a2: Any) -> Any:
+def _column_sum(a_rows: Any) -> Any:
     """Sum over the rows of an ``(N, K)`` matrix: ``ones(N) @ a``, one BLAS pass."""
-    xp = get_array_module(a2)
-    return xp.ones(a2.shape[0], dtype=a2.dtype) @ a2
+    xp = get_array_module(a_rows)
+    return xp.ones(a_rows.shape[0], dtype=a_rows.dtype) @ a_rows
 
 
-def _column_dot(a2: Any, b2: Any) -> Any:
+def _column_dot(a_rows: Any, b_rows: Any) -> Any:
     """``sum over n of a[n, k] * b[n, k]`` for every column k, without materialising ``a * b``."""
-    xp = get_array_module(a2, b2)
-    return xp.einsum("nk,nk->k", a2, b2)
+    xp = get_array_module(a_rows, b_rows)
+    return xp.einsum("nk,nk->k", a_rows, b_rows)
 
 
 def _slice_rows(n: int, row_bytes: int, xp: Any) -> int:
@@ -145,38 +145,38 @@ def channel_sum(a3: Any) -> Any:
     ``(C, L)`` remainder is small.
     """
     n, c, length = a3.shape
-    return _fold(_column_sum(a3.reshape(n, c * length)), c, channels_last=False)
+    return _channel_totals(_column_sum(a3.reshape(n, c * length)), c, channels_last=False)
 
 
 def channel_dot(a3: Any, b3: Any) -> Any:
     """Per-channel dot product ``sum over n, l of a[n, c, l] * b[n, c, l]``, as float64 ``(C,)``."""
     n, c, length = a3.shape
-    return _fold(_column_dot(a3.reshape(n, c * length), b3.reshape(n, c * length)), c, channels_last=False)
+    return _channel_totals(_column_dot(a3.reshape(n, c * length), b3.reshape(n, c * length)), c, channels_last=False)
 
 
 def _centered_channel_dot(
-    g2: Any, x2: Any, mean: Any, channels: int, channels_last: bool, centred_out: Any = None
+    g_rows: Any, x_rows: Any, mean: Any, channels: int, channels_last: bool, centred_out: Any = None
 ) -> Any:
     """``sum(g * (x - mean))`` per channel, float64 (C,), centring slice by slice.
 
-    ``g2`` and ``x2`` are ``(N, K)`` matrices from :func:`_as_rows` (same
+    ``g_rows`` and ``x_rows`` are ``(N, K)`` matrices from :func:`_as_rows` (same
     order). Not ``channel_dot(g, x) - mean * channel_sum(g)``: see "Numerical
     care" in the module docstring. The centred values go to a small scratch
     buffer that stays in cache, or, when the caller passes ``centred_out`` (an
     ``(N, K)`` array), into that array, for the caller to reuse.
     """
-    xp = get_array_module(g2, x2)
-    n, k = x2.shape
-    mean_row = _row(mean, k // channels, x2.dtype, channels_last)
-    slices = _batch_slices(n, k * x2.itemsize, xp)
+    xp = get_array_module(g_rows, x_rows)
+    n, k = x_rows.shape
+    mean_row = _channel_row(mean, k // channels, x_rows.dtype, channels_last)
+    slices = _batch_slices(n, k * x_rows.itemsize, xp)
     if centred_out is None:
-        scratch = xp.empty((slices[0].stop - slices[0].start, k), dtype=x2.dtype)
-    total = xp.zeros(k, dtype=x2.dtype)
+        scratch = xp.empty((slices[0].stop - slices[0].start, k), dtype=x_rows.dtype)
+    total = xp.zeros(k, dtype=x_rows.dtype)
     for s in slices:
         centred = scratch[: s.stop - s.start] if centred_out is None else centred_out[s]
-        xp.subtract(x2[s], mean_row, out=centred)
-        total += _column_dot(g2[s], centred)
-    return _fold(total, channels, channels_last)
+        xp.subtract(x_rows[s], mean_row, out=centred)
+        total += _column_dot(g_rows[s], centred)
+    return _channel_totals(total, channels, channels_last)
 
 
 # ---------------------------------------------------------------------------
@@ -202,45 +202,46 @@ def batch_norm_train_forward(x: Any, weight: Any, bias: Any, eps: float) -> tupl
 def _train_forward(x: Any, weight: Any, bias: Any, eps: float, residual: Any = None, relu: bool = False) -> tuple:
     """The CPU forward above; with ``residual`` and/or ``relu``, the last pass also adds and clamps (fused, below)."""
     xp = get_array_module(x)
-    cl = is_channels_last(x)
-    x2 = _as_rows(x, cl)
-    n, k = x2.shape
+    channels_last = is_channels_last(x)
+    x_rows = _as_rows(x, channels_last)
+    n, k = x_rows.shape
     c = x.shape[1]
     length = k // c
     m = n * length
-    dtype = x2.dtype
+    dtype = x_rows.dtype
 
-    row_bytes = k * x2.itemsize
+    row_bytes = k * x_rows.itemsize
 
     def column_sums(slices: list) -> Any:
         total = xp.zeros(k, dtype=dtype)
         for s in slices:
-            total += _column_sum(x2[s])
+            total += _column_sum(x_rows[s])
         return total
 
-    mean = (_fold(sum(_over_slices(xp, n, row_bytes, column_sums, x.size)), c, cl) / m).astype(dtype)
-    mean_row = _row(mean, length, dtype, cl)
-    y2 = empty_aligned(xp, x2.shape, dtype)  # starts a memory page (see .memory)
+    column_totals = sum(_over_slices(xp, n, row_bytes, column_sums, x.size))
+    mean = (_channel_totals(column_totals, c, channels_last) / m).astype(dtype)
+    mean_row = _channel_row(mean, length, dtype, channels_last)
+    y_rows = empty_aligned(xp, x_rows.shape, dtype)  # starts a memory page (see .memory)
 
     def centre(slices: list) -> Any:
         sum_sq = xp.zeros(k, dtype=dtype)
         for s in slices:
-            centred = y2[s]
-            xp.subtract(x2[s], mean_row, out=centred)
+            centred = y_rows[s]
+            xp.subtract(x_rows[s], mean_row, out=centred)
             sum_sq += _column_dot(centred, centred)
         return sum_sq
 
-    var = _fold(sum(_over_slices(xp, n, row_bytes, centre, x.size)), c, cl) / m
+    var = _channel_totals(sum(_over_slices(xp, n, row_bytes, centre, x.size)), c, channels_last) / m
     inv_std = 1.0 / xp.sqrt(var + eps)
 
     scale = inv_std if weight is None else inv_std * weight.astype(xp.float64)
-    scale_row = _row(scale, length, dtype, cl)
-    bias_row = None if bias is None else _row(bias, length, dtype, cl)
-    r2 = None if residual is None else _as_rows(residual, cl)
+    scale_row = _channel_row(scale, length, dtype, channels_last)
+    bias_row = None if bias is None else _channel_row(bias, length, dtype, channels_last)
+    r2 = None if residual is None else _as_rows(residual, channels_last)
 
     def scale_and_shift(slices: list) -> None:
         for s in slices:
-            out = y2[s]
+            out = y_rows[s]
             out *= scale_row
             if bias_row is not None:
                 out += bias_row
@@ -250,7 +251,7 @@ def _train_forward(x: Any, weight: Any, bias: Any, eps: float, residual: Any = N
                 xp.maximum(out, 0, out=out)
 
     _over_slices(xp, n, row_bytes, scale_and_shift, x.size)
-    return _from_rows(y2, x.shape, cl), mean, var.astype(dtype), inv_std.astype(dtype)
+    return _from_rows(y_rows, x.shape, channels_last), mean, var.astype(dtype), inv_std.astype(dtype)
 
 
 
@@ -293,19 +294,19 @@ def _train_backward(
     else its buffer becomes dx; without ``relu_out`` it is None.
     """
     xp = get_array_module(grad, x)
-    cl = is_channels_last(x)
-    x2 = _as_rows(x, cl)
-    g2 = _as_rows(grad, cl)  # in x's memory order (a copy only if grad's differs)
-    y2 = None if relu_out is None else _as_rows(relu_out, cl)
-    dz2 = None if y2 is None else empty_aligned(xp, x2.shape, x2.dtype)
-    n, k = x2.shape
+    channels_last = is_channels_last(x)
+    x_rows = _as_rows(x, channels_last)
+    g_rows = _as_rows(grad, channels_last)  # in x's memory order (a copy only if grad's differs)
+    y_rows = None if relu_out is None else _as_rows(relu_out, channels_last)
+    dz2 = None if y_rows is None else empty_aligned(xp, x_rows.shape, x_rows.dtype)
+    n, k = x_rows.shape
     c = x.shape[1]
     length = k // c
     m = n * length
-    dtype = x2.dtype
+    dtype = x_rows.dtype
 
-    mean_row = _row(mean, length, dtype, cl)
-    row_bytes = k * x2.itemsize
+    mean_row = _channel_row(mean, length, dtype, channels_last)
+    row_bytes = k * x_rows.itemsize
     rows_per_slice = _slice_rows(n, row_bytes, xp)
 
     def sums(slices: list) -> Any:
@@ -316,49 +317,49 @@ def _train_backward(
         sum_g_cols = xp.zeros(k, dtype=dtype)
         dot_cols = xp.zeros(k, dtype=dtype)
         for sl in slices:
-            g_slice, centred = g2[sl], scratch[: sl.stop - sl.start]
-            if y2 is not None:
+            g_slice, centred = g_rows[sl], scratch[: sl.stop - sl.start]
+            if y_rows is not None:
                 # "not y <= 0" rather than "y > 0": NaN passes, as in relu_backward.
-                g_slice = xp.multiply(g_slice, ~(y2[sl] <= 0), out=dz2[sl])
+                g_slice = xp.multiply(g_slice, ~(y_rows[sl] <= 0), out=dz2[sl])
             sum_g_cols += _column_sum(g_slice)
-            xp.subtract(x2[sl], mean_row, out=centred)
+            xp.subtract(x_rows[sl], mean_row, out=centred)
             dot_cols += _column_dot(g_slice, centred)
         return xp.stack([sum_g_cols, dot_cols])
 
     totals = sum(_over_slices(xp, n, row_bytes, sums, x.size))
-    sum_g, sum_g_centred = _fold(totals[0], c, cl), _fold(totals[1], c, cl)
+    sum_g, sum_g_centred = _channel_totals(totals[0], c, channels_last), _channel_totals(totals[1], c, channels_last)
     s = inv_std.astype(xp.float64)
     dbias = sum_g
     dweight = sum_g_centred * s
-    dz = None if (dz2 is None or not keep_dz) else _from_rows(dz2, x.shape, cl)
+    dz = None if (dz2 is None or not keep_dz) else _from_rows(dz2, x.shape, channels_last)
     if not need_dx:
         return None, dweight.astype(dtype), dbias.astype(dtype), dz
     if dz2 is not None:
-        g2 = dz2  # pass 2 runs on the gated gradient
+        g_rows = dz2  # pass 2 runs on the gated gradient
 
     gamma = xp.ones(c, dtype=xp.float64) if weight is None else weight.astype(xp.float64)
     a = gamma * s
     b = -gamma * s**3 * sum_g_centred / m
     c_shift = -gamma * s * sum_g / m
-    a_row, b_row, c_row = (_row(v, length, dtype, cl) for v in (a, b, c_shift))
+    a_row, b_row, c_row = (_channel_row(v, length, dtype, channels_last) for v in (a, b, c_shift))
 
     # dx may overwrite the gated gradient in place when nobody keeps it:
     # each slice reads its g before writing dx (scaled_g first).
-    dx2 = dz2 if (dz2 is not None and not keep_dz) else empty_aligned(xp, (n, k), dtype)
+    dx_rows = dz2 if (dz2 is not None and not keep_dz) else empty_aligned(xp, (n, k), dtype)
 
     def input_gradient(slices: list) -> None:  # pass 2: dx = b * (x - mean) + a * g + c
         scratch = empty_aligned(xp, (rows_per_slice, k), dtype)
         for sl in slices:
             scaled_g = scratch[: sl.stop - sl.start]
-            xp.multiply(g2[sl], a_row, out=scaled_g)
-            out = dx2[sl]
-            xp.subtract(x2[sl], mean_row, out=out)
+            xp.multiply(g_rows[sl], a_row, out=scaled_g)
+            out = dx_rows[sl]
+            xp.subtract(x_rows[sl], mean_row, out=out)
             out *= b_row
             out += scaled_g
             out += c_row
 
     _over_slices(xp, n, row_bytes, input_gradient, x.size)
-    return _from_rows(dx2, x.shape, cl), dweight.astype(dtype), dbias.astype(dtype), dz
+    return _from_rows(dx_rows, x.shape, channels_last), dweight.astype(dtype), dbias.astype(dtype), dz
 
 
 # ---------------------------------------------------------------------------
@@ -417,24 +418,25 @@ def batch_norm_eval_forward(
     computed slice by slice so the second finds the slice in cache.
     """
     xp = get_array_module(x)
-    cl = is_channels_last(x)
-    x2 = _as_rows(x, cl)
-    n, k = x2.shape
+    channels_last = is_channels_last(x)
+    x_rows = _as_rows(x, channels_last)
+    n, k = x_rows.shape
     c = x.shape[1]
     length = k // c
-    dtype = x2.dtype
+    dtype = x_rows.dtype
     s = 1.0 / xp.sqrt(running_var.astype(xp.float64) + eps)
     scale = s if weight is None else s * weight.astype(xp.float64)
     shift = -running_mean.astype(xp.float64) * scale
     if bias is not None:
         shift = shift + bias.astype(xp.float64)
-    scale_row, shift_row = _row(scale, length, dtype, cl), _row(shift, length, dtype, cl)
-    y2 = xp.empty_like(x2)
-    for sl in _batch_slices(n, k * x2.itemsize, xp):
-        out = y2[sl]
-        xp.multiply(x2[sl], scale_row, out=out)
+    scale_row = _channel_row(scale, length, dtype, channels_last)
+    shift_row = _channel_row(shift, length, dtype, channels_last)
+    y_rows = xp.empty_like(x_rows)
+    for sl in _batch_slices(n, k * x_rows.itemsize, xp):
+        out = y_rows[sl]
+        xp.multiply(x_rows[sl], scale_row, out=out)
         out += shift_row
-    return _from_rows(y2, x.shape, cl)
+    return _from_rows(y_rows, x.shape, channels_last)
 
 
 
@@ -455,22 +457,23 @@ def batch_norm_eval_backward(
     BLAS sum and centred dot product as training mode.
     """
     xp = get_array_module(grad, x)
-    cl = is_channels_last(x)
-    g2 = _as_rows(grad, cl)
-    n, k = g2.shape
+    channels_last = is_channels_last(x)
+    g_rows = _as_rows(grad, channels_last)
+    n, k = g_rows.shape
     c = x.shape[1]
     length = k // c
-    dtype = g2.dtype
+    dtype = g_rows.dtype
     dweight = dbias = dx = None
     if need_dparams:
-        x2 = _as_rows(x, cl)
-        dbias = _fold(_column_sum(g2), c, cl).astype(dtype)
-        dweight = (_centered_channel_dot(g2, x2, mean, c, cl) * inv_std.astype(xp.float64)).astype(dtype)
+        x_rows = _as_rows(x, channels_last)
+        dbias = _channel_totals(_column_sum(g_rows), c, channels_last).astype(dtype)
+        centred_dot = _centered_channel_dot(g_rows, x_rows, mean, c, channels_last)
+        dweight = (centred_dot * inv_std.astype(xp.float64)).astype(dtype)
     if need_dx:
         a = inv_std.astype(xp.float64)
         if weight is not None:
             a = a * weight.astype(xp.float64)
-        dx = _from_rows(xp.multiply(g2, _row(a, length, dtype, cl)), x.shape, cl)
+        dx = _from_rows(xp.multiply(g_rows, _channel_row(a, length, dtype, channels_last)), x.shape, channels_last)
     return dx, dweight, dbias
 
 

@@ -43,21 +43,21 @@ Pair = tuple[int, int]
 class _RowWindows:
     """Scratch buffers holding a chunk of images unfolded along the WIDTH only.
 
-    Full im2col copies each pixel kH*kW times. Unfolding only the kW taps of
+    Full im2col copies each pixel kH*kW times. Unfolding only the kW offsets of
     each row copies it kW times (3x instead of 9x for a 3x3 kernel); the kH
-    taps are then handled by kH matrix products on shifted, contiguous row
+    kernel rows are then handled by kH matrix products on shifted, contiguous row
     ranges of that buffer, added together::
 
-        y_rows = sum_i  tap(i) @ W_i        tap(i): (H_out*m*W_out, kW*C)
+        y_rows = sum_i  kernel_row(i) @ W_i   kernel_row(i): (H_out*m*W_out, kW*C)
                                             W_i:    (kW*C, C_out), W_i[(j, c), o] = weight[o, c, i, j]
 
     Layout. ``padded`` is (rows, m, Wp, C): image rows outermost, then the
     images of the chunk, then channels-last pixels. ``unfolded`` is
     (sH, Q, m, W_out, kW, C): padded row ``q*sH + r`` is stored at [r, q], so
-    that for ANY stride the rows one tap needs (h_out*sH + i*dH for
+    that for ANY stride the rows one kernel row needs (h_out*sH + i*dH for
     h_out = 0..H_out-1) are the consecutive rows q = i*dH//sH + h_out of phase
     r = i*dH % sH. Consecutive rows and the images inside them are adjacent in
-    memory, so ``tap(i)`` is a plain 2-D view: no copy, BLAS reads it directly.
+    memory, so ``kernel_row(i)`` is a plain 2-D view: no copy, BLAS reads it directly.
     Matrix rows are ordered (h_out, n, w_out).
 
     ``padding`` may be negative (the transposed convolution of the backward
@@ -91,7 +91,7 @@ class _RowWindows:
         self.m = 0
 
     def _allocate(self, m: int) -> None:
-        # Sized for exactly m images so that tap() stays one 2-D view (the
+        # Sized for exactly m images so that kernel_row() stays one 2-D view (the
         # last, smaller chunk of a batch gets buffers of its own). Kept by the
         # thread between calls: only the interior of ``padded`` is ever
         # written, so its zero border stays zero.
@@ -109,7 +109,7 @@ class _RowWindows:
         self._cut_h, self._cut_w = max(-ph, 0), max(-pw, 0)  # rows/cols cropped off each side
         self._interior = self.padded[lo_h : lo_h + h - 2 * self._cut_h, :, lo_w : lo_w + w - 2 * self._cut_w, :]
         if self.direct:
-            self._taps = [self.padded[i * dh : i * dh + ho].reshape(ho * m * wo, self.channels) for i in range(kh)]
+            self._row_views = [self.padded[i * dh : i * dh + ho].reshape(ho * m * wo, self.channels) for i in range(kh)]
             return
         self.unfolded = workspace(xp, key + ("unfolded",), (sh, self.q, m, wo, kw, self.channels), self.dtype)
         s_row, s_img, s_col, s_ch = self.padded.strides
@@ -119,7 +119,7 @@ class _RowWindows:
             strides=(s_row, sh * s_row, s_img, sw * s_col, dw * s_col, s_ch),
         )
         # Kernel row i reads phase i*dH % sH, rows q0 = i*dH // sH onwards.
-        self._taps = [
+        self._row_views = [
             self.unfolded[i * dh % sh, i * dh // sh : i * dh // sh + ho].reshape(ho * m * wo, -1) for i in range(kh)
         ]
 
@@ -135,9 +135,9 @@ class _RowWindows:
         if not self.direct:
             self.unfolded[...] = self._windows  # copy 2: the width unfold (kW copies of each pixel)
 
-    def tap(self, i: int) -> Any:
+    def kernel_row(self, i: int) -> Any:
         """The (H_out*m*W_out, kW*C) matrix of kernel row i (a view)."""
-        return self._taps[i]
+        return self._row_views[i]
 
 
 def _phase_span(r: int, s: int, pad: int, size: int) -> tuple[int, int, int]:
@@ -147,7 +147,7 @@ def _phase_span(r: int, s: int, pad: int, size: int) -> tuple[int, int, int]:
     return first, end, first * s + r - pad
 
 
-def _tap_weights(weight: Any) -> list[Any]:
+def _kernel_row_weights(weight: Any) -> list[Any]:
     """Weight (C_out, C, kH, kW) -> kH matrices (kW*C, C_out), rows in (j, c) order."""
     c_out, c, kh, kw = weight.shape
     xp = np
@@ -196,18 +196,18 @@ def _blocks(a: Any, step: int) -> Any:
     return a.reshape(a.shape[0] // step, step, a.shape[1])
 
 
-def _accumulate_taps(xp: Any, windows: _RowWindows, tap_weights: list[Any], out: Any, scratch: Any) -> Any:
-    """out = sum_i windows.tap(i) @ tap_weights[i]   (out and scratch: (rows, C_out) buffers).
+def _accumulate_kernel_rows(xp: Any, windows: _RowWindows, row_weights: list[Any], out: Any, scratch: Any) -> Any:
+    """out = sum_i windows.kernel_row(i) @ row_weights[i]   (out and scratch: (rows, C_out) buffers).
 
     Each product runs in row blocks sized for BLAS's small-matrix kernels
     (see ``_SMALL_GEMM_WORK``).
     """
     rows = out.shape[0]
-    k, n_out = tap_weights[0].shape
+    k, n_out = row_weights[0].shape
     step = _gemm_block_rows(rows, k, n_out)
-    for i, weights in enumerate(tap_weights):
+    for i, weights in enumerate(row_weights):
         target = out if i == 0 else scratch
-        xp.matmul(_blocks(windows.tap(i), step), weights, out=_blocks(target, step))
+        xp.matmul(_blocks(windows.kernel_row(i), step), weights, out=_blocks(target, step))
         if i > 0:
             out += scratch
     return out
@@ -267,7 +267,7 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, 
     n, c, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ho, wo = output_hw((h, w), (kh, kw), stride, padding, dilation)
-    tap_w = _tap_weights(weight)
+    row_weights = _kernel_row_weights(weight)
     out = empty_channels_last(xp, (n, c_out, ho, wo), x.dtype)
     out_nhwc = out.transpose(0, 2, 3, 1)  # the buffer itself, (N, H_out, W_out, C_out)
     nb = _images_per_chunk(xp, n, ho * wo * kh * kw * c * c_out, ho * wo)
@@ -280,10 +280,10 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, 
             m = min(nb, n - n0)
             rows = m * ho * wo
             windows.fill(x[n0 : n0 + m])
-            res = _accumulate_taps(
+            res = _accumulate_kernel_rows(
                 xp,
                 windows,
-                tap_w,
+                row_weights,
                 result[: rows * c_out].reshape(rows, c_out),
                 scratch[: rows * c_out].reshape(rows, c_out),
             )
@@ -309,11 +309,11 @@ def conv2d_backward(
     """Fast convolution backward (same results as :func:`conv2d_backward_reference`).
 
     d weight, unit stride with d x also needed: for kernel row i,
-    ``x_rows^T @ g_tap(kH-1-i)`` with x as a (rows, C) matrix in (h, n, w)
-    order and g_tap the transposed convolution's unfold of g (module
+    ``x_rows^T @ g_row(kH-1-i)`` with x as a (rows, C) matrix in (h, n, w)
+    order and g_row the transposed convolution's unfold of g (module
     docstring, point 6); its columns run over the kernel columns in reverse.
 
-    d weight otherwise: for kernel row i, ``dW_i = g^T @ tap(i)`` with g as a
+    d weight otherwise: for kernel row i, ``dW_i = g^T @ kernel_row(i)`` with g as a
     (rows, C_out) matrix whose rows match the forward's (h, n, w) order
     (copied from grad_out in runs of W_out * C_out numbers when grad_out is
     channels-last; BLAS reads its transpose without a copy).
@@ -322,8 +322,8 @@ def conv2d_backward(
     computed with the same row-unfold machinery on the output gradient.
 
     d x, stride > 1: the adjoint of the forward, step by step: each
-    ``g @ W_i^T`` is added onto the unfolded rows tap(i) came from, then the
-    kW width taps are added back onto the padded pixels (kH + kW vectorised
+    ``g @ W_i^T`` is added onto the unfolded rows kernel_row(i) came from, then the
+    kW width offsets are added back onto the padded pixels (kH + kW vectorised
     slice-adds of chunk-sized, in-cache arrays instead of an element scatter).
 
     Args:
@@ -353,17 +353,17 @@ def conv2d_backward(
     if need_x and unit_stride:
         # Transposed convolution: kernel flipped in i and j, C and C_out
         # swapped, padding d(k-1) - p per side (negative means crop).
-        flipped = _tap_weights(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # kH x (kW*C_out, C)
+        flipped = _kernel_row_weights(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # kH x (kW*C_out, C)
         t_pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
     elif need_x:
-        # Strided: d x_pad = sum over taps (i, j) of g @ weight[:, :, i, j], each
+        # Strided: d x_pad = sum over kernel offsets (i, j) of g @ weight[:, :, i, j], each
         # added at rows h_out*sH + i*dH and columns w_out*sW + j*dW. Those
         # positions are strided, so the sums go into a buffer that keeps the
         # padded rows (and columns) of each residue mod sH (sW) apart:
         #   d_phases[r, q, n, rw, qw, c] = d x_pad[n, c, q*sH + r, qw*sW + rw]
-        # where tap (i, j) covers the CONTIGUOUS block q = i*dH//sH + h_out,
+        # where offset (i, j) covers the CONTIGUOUS block q = i*dH//sH + h_out,
         # qw = j*dW//sW + w_out of phase (i*dH % sH, j*dW % sW).
-        tap_w = [[xp.ascontiguousarray(weight[:, :, i, j]) for j in range(kw)] for i in range(kh)]  # (C_out, C)
+        row_weights = [[xp.ascontiguousarray(weight[:, :, i, j]) for j in range(kw)] for i in range(kh)]  # (C_out, C)
         q_rows = max(max(i * dh // sh for i in range(kh)) + ho, -(-(h + 2 * ph) // sh))
         q_cols = max(max(j * dw // sw for j in range(kw)) + wo, -(-(w + 2 * pw) // sw))
         # For each phase: which padded positions are real pixels, as (first q, end q, first pixel).
@@ -381,11 +381,11 @@ def conv2d_backward(
             g_buf = workspace(xp, ("rows", 2), (nb * ho * wo * c_out,), dtype)
         if w_from_g:
             x_buf = workspace(xp, ("rows", 3), (nb * h * w * c,), dtype)  # x as (rows, C), rows (h, n, w)
-            grad_w_taps = xp.zeros((kh, c, kw * c_out), dtype=dtype)  # this thread's share
+            grad_w_rows = xp.zeros((kh, c, kw * c_out), dtype=dtype)  # this thread's share
             product = workspace(xp, ("product",), (_max_blocks(nb * h * w, c, kw * c_out), c, kw * c_out), dtype)
         elif need_w:
             windows_x = _RowWindows(xp, c, (h, w), (kh, kw), stride, padding, dilation, (ho, wo), dtype)
-            grad_w_taps = xp.zeros((kh, c_out, kw * c), dtype=dtype)  # this thread's share
+            grad_w_rows = xp.zeros((kh, c_out, kw * c), dtype=dtype)  # this thread's share
             product = workspace(xp, ("product",), (_max_blocks(nb * ho * wo, c_out, kw * c), c_out, kw * c), dtype)
         if need_x and unit_stride:
             windows_g = _RowWindows(xp, c_out, (ho, wo), (kh, kw), (1, 1), t_pad, dilation, (h, w), dtype, role="g")
@@ -393,7 +393,7 @@ def conv2d_backward(
             scratch = workspace(xp, ("rows", 1), (nb * h * w * c,), dtype)
         elif need_x:
             d_phases = workspace(xp, ("phases",), (sh, q_rows, nb, sw, q_cols, c), dtype)
-            d_tap = workspace(xp, ("rows", 0), (nb * ho * wo * c,), dtype)
+            d_offset = workspace(xp, ("rows", 0), (nb * ho * wo * c,), dtype)
         for n0 in starts:
             m = min(nb, n - n0)
             rows = m * ho * wo
@@ -404,17 +404,17 @@ def conv2d_backward(
             if need_w and not w_from_g:
                 windows_x.fill(x[n0 : n0 + m])
                 for i in range(kh):
-                    _accumulate_products(xp, g_rows, windows_x.tap(i), grad_w_taps[i], product)
+                    _accumulate_products(xp, g_rows, windows_x.kernel_row(i), grad_w_rows[i], product)
             if need_x and unit_stride:
                 windows_g.fill(g_chunk)
                 rows_x = m * h * w
                 if w_from_g:
-                    # dW[o, c, i, j] = sum over x's pixels of x * (g tap of kernel row kH-1-i, column kW-1-j).
+                    # dW[o, c, i, j] = sum over x's pixels of x * (g unfolded at kernel row kH-1-i, column kW-1-j).
                     x_rows = x_buf[: rows_x * c].reshape(rows_x, c)
                     x_rows.reshape(h, m, w, c)[...] = x[n0 : n0 + m].transpose(2, 0, 3, 1)
                     for i in range(kh):
-                        _accumulate_products(xp, x_rows, windows_g.tap(kh - 1 - i), grad_w_taps[i], product)
-                res = _accumulate_taps(
+                        _accumulate_products(xp, x_rows, windows_g.kernel_row(kh - 1 - i), grad_w_rows[i], product)
+                res = _accumulate_kernel_rows(
                     xp,
                     windows_g,
                     flipped,
@@ -429,14 +429,14 @@ def conv2d_backward(
                     r, q0 = i * dh % sh, i * dh // sh
                     for j in range(kw):
                         rw, qw0 = j * dw % sw, j * dw // sw
-                        contrib = xp.matmul(g_rows, tap_w[i][j], out=d_tap[: rows * c].reshape(rows, c))
+                        contrib = xp.matmul(g_rows, row_weights[i][j], out=d_offset[: rows * c].reshape(rows, c))
                         acc[r, q0 : q0 + ho, :, rw, qw0 : qw0 + wo, :] += contrib.reshape(ho, m, wo, c)
                 for r, (qa, qb, y0) in enumerate(row_phases):
                     for rw, (qwa, qwb, x0) in enumerate(col_phases):
                         if qb > qa and qwb > qwa:  # this phase holds real pixels (not only padding)
                             phase = acc[r, qa:qb, :, rw, qwa:qwb, :]
                             grad_x_nhwc[n0 : n0 + m, y0::sh, x0::sw] = phase.transpose(1, 0, 2, 3)
-        return grad_w_taps if need_w else None
+        return grad_w_rows if need_w else None
 
     partials = run_chunks(xp, n, nb, work, flops=2 * n * ho * wo * c * kh * kw * c_out)
     grad_w = None

@@ -1,12 +1,12 @@
-"""Fast max and average pooling: the tap view, the same numbers as :mod:`minires.kernels.pooling`.
+"""Fast max and average pooling: the offset view, the same numbers as :mod:`minires.kernels.pooling`.
 
 Instead of building kH*kW copies of the input with im2col, loop over the
-kH*kW taps (i, j): tap (i, j) of all windows at once is the strided slice
+kH*kW window offsets (i, j): offset (i, j) of all windows at once is the strided slice
 ``x_pad[:, :, i::sH, j::sW]`` (trimmed to H_out x W_out). The forward keeps a
-running max (and which tap produced it) or a running sum; the backward adds
-each tap's share of the gradient onto that strided slice. Within one tap no
+running max (and which offset produced it) or a running sum; the backward adds
+each offset's share of the gradient onto that strided slice. Within one offset no
 pixel appears twice, so the slice ``+=`` is exact even when windows overlap.
-Ties and NaN as the reference: the first maximal tap wins, NaN beats numbers.
+Ties and NaN as the reference: the first maximal offset wins, NaN beats numbers.
 These are array-module code and serve the CPU and the GPU alike.
 """
 
@@ -35,8 +35,8 @@ Pair = tuple[int, int]
 
 
 
-def _tap_slices(kernel: Pair, stride: Pair, out_hw: Pair) -> list[tuple[int, slice, slice]]:
-    """(tap index i*kW + j, row slice, column slice) of every tap over a padded input."""
+def _offset_slices(kernel: Pair, stride: Pair, out_hw: Pair) -> list[tuple[int, slice, slice]]:
+    """(offset index i*kW + j, row slice, column slice) of every offset over a padded input."""
     (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
     return [
         (i * kw + j, slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
@@ -55,30 +55,30 @@ def _tap_slices(kernel: Pair, stride: Pair, out_hw: Pair) -> list[tuple[int, sli
 
 
 def max_pool2d_forward(x: Any, kernel: Pair, stride: Pair, padding: Pair) -> tuple[Any, Any]:
-    """Fast max pooling (tap loop).
+    """Fast max pooling (offset loop).
 
     Args:
         x: (N, C, H, W) floating array. kernel, stride, padding: validated pairs.
 
     Returns:
         y: (N, C, H_out, W_out), dtype of x.
-        argmax: (N, C, H_out, W_out) integer array, the winning tap ``i*kW + j``
+        argmax: (N, C, H_out, W_out) integer array, the winning offset ``i*kW + j``
             of each window (what backward needs; the input is not kept).
     """
     xp = get_array_module(x)
     out_hw = output_hw(x.shape[2:], kernel, stride, padding, (1, 1), what="max_pool2d")
     padded = pad_spatial(x, padding, float("-inf"))
     best = argmax = None
-    for t, rows, cols in _tap_slices(kernel, stride, out_hw):
-        tap = padded[:, :, rows, cols]
+    for t, rows, cols in _offset_slices(kernel, stride, out_hw):
+        offset = padded[:, :, rows, cols]
         if best is None:
-            best = tap.copy()
+            best = offset.copy()
             argmax = xp.zeros(best.shape, dtype=index_dtype(xp, kernel[0] * kernel[1]))
             continue
-        # Strictly greater: earlier taps win ties. (v != v) is "v is NaN": a
+        # Strictly greater: earlier offsets win ties. (v != v) is "v is NaN": a
         # NaN beats any number but not an earlier NaN.
-        better = (tap > best) | ((tap != tap) & (best == best))
-        xp.copyto(best, tap, where=better)
+        better = (offset > best) | ((offset != offset) & (best == best))
+        xp.copyto(best, offset, where=better)
         xp.copyto(argmax, t, where=better)  # not argmax[better] = t: a boolean mask syncs a GPU
     return best, argmax
 
@@ -100,7 +100,7 @@ def max_pool2d_backward(
     n, c, h, w = input_shape
     out_hw = grad_out.shape[2:]
     d_padded = xp.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=grad_out.dtype)
-    for t, rows, cols in _tap_slices(kernel, stride, out_hw):
+    for t, rows, cols in _offset_slices(kernel, stride, out_hw):
         d_padded[:, :, rows, cols] += grad_out * (argmax == t)
     return crop_spatial(d_padded, padding, (h, w))
 
@@ -115,7 +115,7 @@ def max_pool2d_backward(
 
 
 def avg_pool2d_forward(x: Any, kernel: Pair, stride: Pair, padding: Pair) -> Any:
-    """Fast average pooling with zero padding counted (tap loop).
+    """Fast average pooling with zero padding counted (offset loop).
 
     Args:
         x: (N, C, H, W). kernel, stride, padding: validated pairs.
@@ -126,7 +126,7 @@ def avg_pool2d_forward(x: Any, kernel: Pair, stride: Pair, padding: Pair) -> Any
     out_hw = output_hw(x.shape[2:], kernel, stride, padding, (1, 1), what="avg_pool2d")
     padded = pad_spatial(x, padding, 0.0)
     total = None
-    for _, rows, cols in _tap_slices(kernel, stride, out_hw):
+    for _, rows, cols in _offset_slices(kernel, stride, out_hw):
         if total is None:
             total = padded[:, :, rows, cols].copy()
         else:
@@ -148,7 +148,7 @@ def avg_pool2d_backward(grad_out: Any, input_shape: tuple, kernel: Pair, stride:
     n, c, h, w = input_shape
     share = grad_out / (kernel[0] * kernel[1])
     d_padded = xp.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=grad_out.dtype)
-    for _, rows, cols in _tap_slices(kernel, stride, grad_out.shape[2:]):
+    for _, rows, cols in _offset_slices(kernel, stride, grad_out.shape[2:]):
         d_padded[:, :, rows, cols] += share
     return crop_spatial(d_padded, padding, (h, w))
 

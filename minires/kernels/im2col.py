@@ -14,7 +14,7 @@ The layout is PyTorch's ``unfold``/``fold``: the row index of ``cols`` runs
 over (c, kh, kw) with kw fastest, the column index over the output positions
 (h_out, w_out) with w_out fastest. Column ``l = h_out * W_out + w_out`` holds
 the window whose top-left corner sits at ``(h_out * sH - pH, w_out * sW - pW)``
-in the unpadded input, and its taps are ``dH`` (``dW``) pixels apart
+in the unpadded input, and its entries are ``dH`` (``dW``) pixels apart
 (dilation). The output size is PyTorch's::
 
     H_out = floor((H + 2 pH - dH (kH - 1) - 1) / sH) + 1
@@ -44,8 +44,8 @@ nor skip pixels (stride == kernel size, no padding).
 
 Implementation, with no Python loop over pixels: im2col copies once from a
 strided VIEW of the padded input with axes (n, c, kh, kw, h_out, w_out);
-col2im adds tap (i, j) of all windows onto its strided grid of pixels, one
-``+=`` per tap, exact because one tap never hits a pixel twice.
+col2im adds offset (i, j) of all windows onto its strided grid of pixels, one
+``+=`` per offset, exact because one offset never hits a pixel twice.
 """
 
 from __future__ import annotations
@@ -234,12 +234,12 @@ def col2im(
     xp = get_array_module(cols)
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride_, dil
     padded = xp.zeros((n, c, h + 2 * pad[0], w + 2 * pad[1]), dtype=cols.dtype)
-    taps = cols.reshape(n, c, kh, kw, ho, wo)
+    offsets = cols.reshape(n, c, kh, kw, ho, wo)
     for i in range(kh):
         for j in range(kw):
-            # Tap (i, j) of all windows: a strided grid of distinct pixels, so
+            # Offset (i, j) of all windows: a strided grid of distinct pixels, so
             # a vectorised += is exact (no pixel is hit twice in one add).
-            padded[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw] += taps[
+            padded[:, :, i * dh : i * dh + sh * (ho - 1) + 1 : sh, j * dw : j * dw + sw * (wo - 1) + 1 : sw] += offsets[
                 :, :, i, j
             ]
     if any(pad):

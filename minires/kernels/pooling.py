@@ -59,9 +59,9 @@ def crop_spatial(padded: Any, padding: Pair, hw: Pair) -> Any:
     return get_array_module(padded).ascontiguousarray(padded[:, :, ph : ph + h, pw : pw + w])
 
 
-def index_dtype(xp: Any, taps: int) -> Any:
+def index_dtype(xp: Any, window_size: int) -> Any:
     """Dtype of the winning-entry index: one byte is enough for kernels up to 16x16."""
-    return xp.uint8 if taps <= 256 else xp.int32
+    return xp.uint8 if window_size <= 256 else xp.int32
 
 
 def max_pool2d_forward(x: Any, kernel: Pair, stride: Pair, padding: Pair) -> tuple[Any, Any]:
@@ -94,10 +94,10 @@ def max_pool2d_backward(
     """
     xp = get_array_module(grad_out)
     n, c, h, w = input_shape
-    taps = kernel[0] * kernel[1]
+    window_size = kernel[0] * kernel[1]
     ho, wo = grad_out.shape[2:]
-    one_hot = xp.arange(taps).reshape(1, 1, taps, 1) == argmax.reshape(n, c, 1, ho * wo)
-    cols = (one_hot * grad_out.reshape(n, c, 1, ho * wo)).reshape(n, c * taps, ho * wo)
+    one_hot = xp.arange(window_size).reshape(1, 1, window_size, 1) == argmax.reshape(n, c, 1, ho * wo)
+    cols = (one_hot * grad_out.reshape(n, c, 1, ho * wo)).reshape(n, c * window_size, ho * wo)
     padded_shape = (n, c, h + 2 * padding[0], w + 2 * padding[1])
     return crop_spatial(col2im(cols, padded_shape, kernel, stride, 0), padding, (h, w))
 
@@ -114,10 +114,10 @@ def avg_pool2d_backward(grad_out: Any, input_shape: tuple, kernel: Pair, stride:
     """col2im of the gradient spread evenly, 1/(kH kW) to every entry of its window: (N, C, H, W)."""
     xp = get_array_module(grad_out)
     n, c, _, _ = input_shape
-    taps = kernel[0] * kernel[1]
+    window_size = kernel[0] * kernel[1]
     ho, wo = grad_out.shape[2:]
-    share = grad_out.reshape(n, c, 1, ho * wo) / taps
-    cols = xp.broadcast_to(share, (n, c, taps, ho * wo)).reshape(n, c * taps, ho * wo)
+    share = grad_out.reshape(n, c, 1, ho * wo) / window_size
+    cols = xp.broadcast_to(share, (n, c, window_size, ho * wo)).reshape(n, c * window_size, ho * wo)
     return col2im(cols, input_shape, kernel, stride, padding)
 
 
