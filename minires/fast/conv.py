@@ -19,6 +19,7 @@ memory. In short (each point measured, see README.md, "Convolution"):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -297,6 +298,154 @@ def conv2d_forward(x: Any, weight: Any, bias: Any, stride: Pair, padding: Pair, 
     return out
 
 
+@dataclass(frozen=True)
+class _Geometry:
+    """Everything the backward pass's per-thread helpers need to know about one convolution."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    c_out: int
+    kh: int
+    kw: int
+    ho: int
+    wo: int
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    dtype: Any
+    images_per_chunk: int
+
+
+class _GradRows:
+    """The output gradient of a chunk as a (rows, C_out) matrix, rows in the forward's (h, n, w) order."""
+
+    def __init__(self, g: _Geometry) -> None:
+        self.g = g
+        self.buf = workspace(np, ("rows", 2), (g.images_per_chunk * g.ho * g.wo * g.c_out,), g.dtype)
+
+    def fill(self, grad_chunk: Any) -> Any:
+        g, m = self.g, len(grad_chunk)
+        rows = self.buf[: m * g.ho * g.wo * g.c_out].reshape(m * g.ho * g.wo, g.c_out)
+        # Runs of W_out * C_out numbers when grad_chunk is channels-last.
+        rows.reshape(g.ho, m, g.wo, g.c_out)[...] = grad_chunk.transpose(2, 0, 3, 1)
+        return rows
+
+
+class _WeightGradFromX:
+    """d weight the direct way: for kernel row i, ``dW_i += g_rows^T @ kernel_row(i)`` of x's unfold."""
+
+    def __init__(self, g: _Geometry) -> None:
+        self.g = g
+        self.windows = _RowWindows(np, g.c, (g.h, g.w), (g.kh, g.kw), g.stride, g.padding, g.dilation,
+                                   (g.ho, g.wo), g.dtype)
+        self.total = np.zeros((g.kh, g.c_out, g.kw * g.c), dtype=g.dtype)  # this thread's share
+        blocks = _max_blocks(g.images_per_chunk * g.ho * g.wo, g.c_out, g.kw * g.c)
+        self.product = workspace(np, ("product",), (blocks, g.c_out, g.kw * g.c), g.dtype)
+
+    def add(self, x_chunk: Any, grad_rows: Any) -> None:
+        self.windows.fill(x_chunk)
+        for i in range(self.g.kh):
+            _accumulate_products(np, grad_rows, self.windows.kernel_row(i), self.total[i], self.product)
+
+    @staticmethod
+    def result(g: _Geometry, total: Any) -> Any:
+        """The threads' summed (kH, C_out, kW*C) totals, in (j, c) order, as (C_out, C, kH, kW)."""
+        return np.ascontiguousarray(total.reshape(g.kh, g.c_out, g.kw, g.c).transpose(1, 3, 0, 2))
+
+
+class _WeightGradFromGrad:
+    """d weight off the unfolded output gradient that d x builds anyway (unit stride, README point 6):
+    ``dW[:, :, i, j] = x_rows^T @ (g unfolded at kernel row kH-1-i, column kW-1-j)``."""
+
+    def __init__(self, g: _Geometry) -> None:
+        self.g = g
+        self.x_buf = workspace(np, ("rows", 3), (g.images_per_chunk * g.h * g.w * g.c,), g.dtype)
+        self.total = np.zeros((g.kh, g.c, g.kw * g.c_out), dtype=g.dtype)  # this thread's share
+        blocks = _max_blocks(g.images_per_chunk * g.h * g.w, g.c, g.kw * g.c_out)
+        self.product = workspace(np, ("product",), (blocks, g.c, g.kw * g.c_out), g.dtype)
+
+    def add(self, x_chunk: Any, grad_windows: _RowWindows) -> None:
+        g, m = self.g, len(x_chunk)
+        x_rows = self.x_buf[: m * g.h * g.w * g.c].reshape(m * g.h * g.w, g.c)  # rows (h, n, w)
+        x_rows.reshape(g.h, m, g.w, g.c)[...] = x_chunk.transpose(2, 0, 3, 1)
+        for i in range(g.kh):
+            _accumulate_products(np, x_rows, grad_windows.kernel_row(g.kh - 1 - i), self.total[i], self.product)
+
+    @staticmethod
+    def result(g: _Geometry, total: Any) -> Any:
+        """The threads' summed (kH, C, kW*C_out) totals, in (kW-1-j, o) order, as (C_out, C, kH, kW)."""
+        return np.ascontiguousarray(total.reshape(g.kh, g.c, g.kw, g.c_out)[:, :, ::-1].transpose(3, 1, 0, 2))
+
+
+class _InputGradTransposed:
+    """d x at unit stride: the transposed convolution (README point 5).
+
+    The output gradient padded by d(k-1) - p per side (negative: cropped),
+    convolved with the kernel flipped in i and j, C and C_out swapped.
+    """
+
+    def __init__(self, g: _Geometry, flipped_rows: list[Any]) -> None:
+        self.g, self.flipped_rows = g, flipped_rows
+        pad = (g.dilation[0] * (g.kh - 1) - g.padding[0], g.dilation[1] * (g.kw - 1) - g.padding[1])
+        self.windows = _RowWindows(np, g.c_out, (g.ho, g.wo), (g.kh, g.kw), (1, 1), pad, g.dilation,
+                                   (g.h, g.w), g.dtype, role="g")
+        size = g.images_per_chunk * g.h * g.w * g.c
+        self.out = workspace(np, ("rows", 0), (size,), g.dtype)
+        self.scratch = workspace(np, ("rows", 1), (size,), g.dtype)
+
+    def compute(self, grad_chunk: Any, grad_x_chunk: Any) -> None:
+        """Write d x of the chunk into ``grad_x_chunk`` (m, H, W, C); ``self.windows`` must hold the chunk."""
+        g, m = self.g, len(grad_chunk)
+        rows = m * g.h * g.w
+        res = _accumulate_kernel_rows(np, self.windows, self.flipped_rows, self.out[: rows * g.c].reshape(rows, g.c),
+                                      self.scratch[: rows * g.c].reshape(rows, g.c))
+        grad_x_chunk[...] = res.reshape(g.h, m, g.w, g.c).transpose(1, 0, 2, 3)
+
+
+class _InputGradStrided:
+    """d x at stride > 1: the adjoint of the forward, offset by offset, in cache.
+
+    d x_pad = sum over kernel offsets (i, j) of ``g_rows @ weight[:, :, i, j]``,
+    each added at rows h_out*sH + i*dH, columns w_out*sW + j*dW. Those are
+    strided, so the sums go into a buffer that keeps the padded rows (and
+    columns) of each residue mod sH (sW) apart:
+    ``by_phase[r, q, n, rw, qw, c] = d x_pad[n, c, q*sH + r, qw*sW + rw]``,
+    where offset (i, j) covers the CONTIGUOUS block q = i*dH//sH + h_out,
+    qw = j*dW//sW + w_out of phase (i*dH % sH, j*dW % sW).
+    """
+
+    def __init__(self, g: _Geometry, offset_weights: list[list[Any]]) -> None:
+        (sh, sw), (ph, pw), (dh, dw) = g.stride, g.padding, g.dilation
+        self.g, self.offset_weights = g, offset_weights
+        q_rows = max(max(i * dh // sh for i in range(g.kh)) + g.ho, -(-(g.h + 2 * ph) // sh))
+        q_cols = max(max(j * dw // sw for j in range(g.kw)) + g.wo, -(-(g.w + 2 * pw) // sw))
+        self.by_phase = workspace(np, ("phases",), (sh, q_rows, g.images_per_chunk, sw, q_cols, g.c), g.dtype)
+        self.product = workspace(np, ("rows", 0), (g.images_per_chunk * g.ho * g.wo * g.c,), g.dtype)
+        # Per phase: which padded positions are real pixels, as (first q, end q, first pixel).
+        self.row_phases = [_phase_span(r, sh, ph, g.h) for r in range(sh)]
+        self.col_phases = [_phase_span(r, sw, pw, g.w) for r in range(sw)]
+
+    def compute(self, grad_rows: Any, grad_x_chunk: Any) -> None:
+        g, m = self.g, len(grad_x_chunk)
+        (sh, sw), (dh, dw) = g.stride, g.dilation
+        acc = self.by_phase[:, :, :m]
+        acc[...] = 0
+        rows = m * g.ho * g.wo
+        for i in range(g.kh):
+            r, q0 = i * dh % sh, i * dh // sh
+            for j in range(g.kw):
+                rw, qw0 = j * dw % sw, j * dw // sw
+                out = self.product[: rows * g.c].reshape(rows, g.c)
+                contrib = np.matmul(grad_rows, self.offset_weights[i][j], out=out)
+                acc[r, q0 : q0 + g.ho, :, rw, qw0 : qw0 + g.wo, :] += contrib.reshape(g.ho, m, g.wo, g.c)
+        for r, (qa, qb, y0) in enumerate(self.row_phases):
+            for rw, (qwa, qwb, x0) in enumerate(self.col_phases):
+                if qb > qa and qwb > qwa:  # this phase holds real pixels (not only padding)
+                    grad_x_chunk[:, y0::sh, x0::sw] = acc[r, qa:qb, :, rw, qwa:qwb, :].transpose(1, 0, 2, 3)
+
+
 def conv2d_backward(
     x: Any,
     weight: Any,
@@ -306,30 +455,12 @@ def conv2d_backward(
     dilation: Pair,
     needs_input_grad: Sequence[bool] = (True, True, True),
 ) -> tuple[Any, Any, Any]:
-    """Fast convolution backward (same results as :func:`conv2d_backward_reference`).
+    """Fast convolution backward: the results of :func:`minires.kernels.conv.conv2d_backward`.
 
-    d weight, unit stride with d x also needed: for kernel row i,
-    ``x_rows^T @ g_row(kH-1-i)`` with x as a (rows, C) matrix in (h, n, w)
-    order and g_row the transposed convolution's unfold of g (module
-    docstring, point 6); its columns run over the kernel columns in reverse.
-
-    d weight otherwise: for kernel row i, ``dW_i = g^T @ kernel_row(i)`` with g as a
-    (rows, C_out) matrix whose rows match the forward's (h, n, w) order
-    (copied from grad_out in runs of W_out * C_out numbers when grad_out is
-    channels-last; BLAS reads its transpose without a copy).
-
-    d x, unit stride: the transposed convolution (module docstring, point 4),
-    computed with the same row-unfold machinery on the output gradient.
-
-    d x, stride > 1: the adjoint of the forward, step by step: each
-    ``g @ W_i^T`` is added onto the unfolded rows kernel_row(i) came from, then the
-    kW width offsets are added back onto the padded pixels (kH + kW vectorised
-    slice-adds of chunk-sized, in-cache arrays instead of an element scatter).
-
-    Args:
-        x, weight: as given to the forward. grad_out: (N, C_out, H_out, W_out),
-            any memory layout.
-        needs_input_grad: which of (x, weight, bias) need a gradient.
+    Per chunk of images, on the kernel threads: d x by :class:`_InputGradTransposed`
+    (unit stride) or :class:`_InputGradStrided`; d weight by
+    :class:`_WeightGradFromGrad` (unit stride, when d x is computed too) or
+    :class:`_WeightGradFromX`, each thread summing its own share.
 
     Returns:
         (grad_x (N, C, H, W) | None, grad_weight (C_out, C, kH, kW) | None,
@@ -337,120 +468,43 @@ def conv2d_backward(
         memory, like the forward's output.
     """
     need_x, need_w, need_b = (tuple(needs_input_grad) + (False, False, False))[:3]
-    xp = np
-    n, c, h, w = x.shape
-    c_out, _, kh, kw = weight.shape
-    ho, wo = grad_out.shape[2], grad_out.shape[3]
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    dtype = x.dtype
     grad_b = grad_out.sum(axis=(0, 2, 3)) if need_b else None
     if not (need_x or need_w):
         return None, None, grad_b
-
-    unit_stride = stride == (1, 1)
-    grad_x = empty_channels_last(xp, (n, c, h, w), dtype) if need_x else None
-    grad_x_nhwc = grad_x.transpose(0, 2, 3, 1) if need_x else None
-    if need_x and unit_stride:
-        # Transposed convolution: kernel flipped in i and j, C and C_out
-        # swapped, padding d(k-1) - p per side (negative means crop).
-        flipped = _kernel_row_weights(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # kH x (kW*C_out, C)
-        t_pad = (dh * (kh - 1) - ph, dw * (kw - 1) - pw)
-    elif need_x:
-        # Strided: d x_pad = sum over kernel offsets (i, j) of g @ weight[:, :, i, j], each
-        # added at rows h_out*sH + i*dH and columns w_out*sW + j*dW. Those
-        # positions are strided, so the sums go into a buffer that keeps the
-        # padded rows (and columns) of each residue mod sH (sW) apart:
-        #   d_phases[r, q, n, rw, qw, c] = d x_pad[n, c, q*sH + r, qw*sW + rw]
-        # where offset (i, j) covers the CONTIGUOUS block q = i*dH//sH + h_out,
-        # qw = j*dW//sW + w_out of phase (i*dH % sH, j*dW % sW).
-        row_weights = [[xp.ascontiguousarray(weight[:, :, i, j]) for j in range(kw)] for i in range(kh)]  # (C_out, C)
-        q_rows = max(max(i * dh // sh for i in range(kh)) + ho, -(-(h + 2 * ph) // sh))
-        q_cols = max(max(j * dw // sw for j in range(kw)) + wo, -(-(w + 2 * pw) // sw))
-        # For each phase: which padded positions are real pixels, as (first q, end q, first pixel).
-        row_phases = [_phase_span(r, sh, ph, h) for r in range(sh)]
-        col_phases = [_phase_span(r, sw, pw, w) for r in range(sw)]
-    nb = _images_per_chunk(xp, n, ho * wo * kh * kw * c * c_out, ho * wo)
-
-    # Unit stride with both gradients: d weight comes from the SAME unfolded
-    # output gradient that the transposed convolution builds for d x, against
-    # x's plain rows (no unfold of x; see the docstring).
-    w_from_g = need_w and need_x and unit_stride
+    (n, c, h, w), (c_out, _, kh, kw), (ho, wo) = x.shape, weight.shape, grad_out.shape[2:]
+    chunk = _images_per_chunk(np, n, ho * wo * kh * kw * c * c_out, ho * wo)
+    g = _Geometry(n, c, h, w, c_out, kh, kw, ho, wo, stride, padding, dilation, x.dtype, chunk)
+    transposed = need_x and stride == (1, 1)
+    grad_x = empty_channels_last(np, (n, c, h, w), x.dtype) if need_x else None
+    make_dx = _input_grad_maker(g, weight, transposed) if need_x else None
+    make_dw = (_WeightGradFromGrad if transposed else _WeightGradFromX) if need_w else None
 
     def work(starts: list[int]) -> Any:
-        if not (need_x and unit_stride):  # g as (rows, C_out), rows (h, n, w), for the products below
-            g_buf = workspace(xp, ("rows", 2), (nb * ho * wo * c_out,), dtype)
-        if w_from_g:
-            x_buf = workspace(xp, ("rows", 3), (nb * h * w * c,), dtype)  # x as (rows, C), rows (h, n, w)
-            grad_w_rows = xp.zeros((kh, c, kw * c_out), dtype=dtype)  # this thread's share
-            product = workspace(xp, ("product",), (_max_blocks(nb * h * w, c, kw * c_out), c, kw * c_out), dtype)
-        elif need_w:
-            windows_x = _RowWindows(xp, c, (h, w), (kh, kw), stride, padding, dilation, (ho, wo), dtype)
-            grad_w_rows = xp.zeros((kh, c_out, kw * c), dtype=dtype)  # this thread's share
-            product = workspace(xp, ("product",), (_max_blocks(nb * ho * wo, c_out, kw * c), c_out, kw * c), dtype)
-        if need_x and unit_stride:
-            windows_g = _RowWindows(xp, c_out, (ho, wo), (kh, kw), (1, 1), t_pad, dilation, (h, w), dtype, role="g")
-            dx_rows = workspace(xp, ("rows", 0), (nb * h * w * c,), dtype)
-            scratch = workspace(xp, ("rows", 1), (nb * h * w * c,), dtype)
-        elif need_x:
-            d_phases = workspace(xp, ("phases",), (sh, q_rows, nb, sw, q_cols, c), dtype)
-            d_offset = workspace(xp, ("rows", 0), (nb * ho * wo * c,), dtype)
+        dx, dw = make_dx() if need_x else None, make_dw(g) if need_w else None
+        grad_rows = None if transposed else _GradRows(g)
         for n0 in starts:
-            m = min(nb, n - n0)
-            rows = m * ho * wo
-            g_chunk = grad_out[n0 : n0 + m]
-            if not (need_x and unit_stride):
-                g_rows = g_buf[: rows * c_out].reshape(rows, c_out)
-                g_rows.reshape(ho, m, wo, c_out)[...] = g_chunk.transpose(2, 0, 3, 1)
-            if need_w and not w_from_g:
-                windows_x.fill(x[n0 : n0 + m])
-                for i in range(kh):
-                    _accumulate_products(xp, g_rows, windows_x.kernel_row(i), grad_w_rows[i], product)
-            if need_x and unit_stride:
-                windows_g.fill(g_chunk)
-                rows_x = m * h * w
-                if w_from_g:
-                    # dW[o, c, i, j] = sum over x's pixels of x * (g unfolded at kernel row kH-1-i, column kW-1-j).
-                    x_rows = x_buf[: rows_x * c].reshape(rows_x, c)
-                    x_rows.reshape(h, m, w, c)[...] = x[n0 : n0 + m].transpose(2, 0, 3, 1)
-                    for i in range(kh):
-                        _accumulate_products(xp, x_rows, windows_g.kernel_row(kh - 1 - i), grad_w_rows[i], product)
-                res = _accumulate_kernel_rows(
-                    xp,
-                    windows_g,
-                    flipped,
-                    dx_rows[: rows_x * c].reshape(rows_x, c),
-                    scratch[: rows_x * c].reshape(rows_x, c),
-                )
-                grad_x_nhwc[n0 : n0 + m] = res.reshape(h, m, w, c).transpose(1, 0, 2, 3)
-            elif need_x:
-                acc = d_phases[:, :, :m]
-                acc[...] = 0
-                for i in range(kh):
-                    r, q0 = i * dh % sh, i * dh // sh
-                    for j in range(kw):
-                        rw, qw0 = j * dw % sw, j * dw // sw
-                        contrib = xp.matmul(g_rows, row_weights[i][j], out=d_offset[: rows * c].reshape(rows, c))
-                        acc[r, q0 : q0 + ho, :, rw, qw0 : qw0 + wo, :] += contrib.reshape(ho, m, wo, c)
-                for r, (qa, qb, y0) in enumerate(row_phases):
-                    for rw, (qwa, qwb, x0) in enumerate(col_phases):
-                        if qb > qa and qwb > qwa:  # this phase holds real pixels (not only padding)
-                            phase = acc[r, qa:qb, :, rw, qwa:qwb, :]
-                            grad_x_nhwc[n0 : n0 + m, y0::sh, x0::sw] = phase.transpose(1, 0, 2, 3)
-        return grad_w_rows if need_w else None
+            grad_chunk, x_chunk = grad_out[n0 : n0 + chunk], x[n0 : n0 + chunk]
+            rows = None if transposed else grad_rows.fill(grad_chunk)
+            if transposed:
+                dx.windows.fill(grad_chunk)
+            if need_w:
+                dw.add(x_chunk, dx.windows if transposed else rows)
+            if need_x:
+                dx.compute(grad_chunk if transposed else rows, grad_x.transpose(0, 2, 3, 1)[n0 : n0 + chunk])
+        return dw.total if need_w else None
 
-    partials = run_chunks(xp, n, nb, work, flops=2 * n * ho * wo * c * kh * kw * c_out)
-    grad_w = None
-    if need_w:
-        total = partials[0]
-        for part in partials[1:]:
-            total = total + part
-        if w_from_g:
-            # (kH, C, kW*C_out) with (kW-1-j, o) order -> (C_out, C, kH, kW)
-            grad_w = xp.ascontiguousarray(total.reshape(kh, c, kw, c_out)[:, :, ::-1].transpose(3, 1, 0, 2))
-        else:
-            # (kH, C_out, kW*C) with (j, c) order -> (C_out, C, kH, kW)
-            grad_w = xp.ascontiguousarray(total.reshape(kh, c_out, kw, c).transpose(1, 3, 0, 2))
+    partials = run_chunks(np, n, chunk, work, flops=2 * n * ho * wo * c * kh * kw * c_out)
+    grad_w = make_dw.result(g, sum(partials[1:], partials[0])) if need_w else None
     return grad_x, grad_w, grad_b
+
+
+def _input_grad_maker(g: _Geometry, weight: Any, transposed: bool) -> Any:
+    """A factory of per-thread d x helpers, with the weights they share prepared once."""
+    if transposed:
+        flipped = _kernel_row_weights(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # kH x (kW*C_out, C)
+        return lambda: _InputGradTransposed(g, flipped)
+    offsets = [[np.ascontiguousarray(weight[:, :, i, j]) for j in range(g.kw)] for i in range(g.kh)]  # (C_out, C)
+    return lambda: _InputGradStrided(g, offsets)
 
 
 dispatch.register("conv2d_forward", "cpu")(conv2d_forward)
