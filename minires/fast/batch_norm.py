@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from .. import dispatch
 from ..backend import get_array_module
 from .layout import is_channels_last
@@ -293,73 +295,79 @@ def _train_backward(
     runs on dz. ``dz`` is returned when ``keep_dz`` (the residual's gradient),
     else its buffer becomes dx; without ``relu_out`` it is None.
     """
-    xp = get_array_module(grad, x)
     channels_last = is_channels_last(x)
     x_rows = _as_rows(x, channels_last)
     g_rows = _as_rows(grad, channels_last)  # in x's memory order (a copy only if grad's differs)
     y_rows = None if relu_out is None else _as_rows(relu_out, channels_last)
-    dz2 = None if y_rows is None else empty_aligned(xp, x_rows.shape, x_rows.dtype)
-    n, k = x_rows.shape
-    c = x.shape[1]
-    length = k // c
-    m = n * length
-    dtype = x_rows.dtype
+    dz_rows = None if y_rows is None else empty_aligned(np, x_rows.shape, x_rows.dtype)
+    c, dtype = x.shape[1], x_rows.dtype
+    mean_row = _channel_row(mean, x_rows.shape[1] // c, dtype, channels_last)
+    sum_g, sum_g_centred = _gradient_sums(x_rows, g_rows, mean_row, c, channels_last, y_rows, dz_rows)
+    s = inv_std.astype(np.float64)
+    dweight, dbias = (sum_g_centred * s).astype(dtype), sum_g.astype(dtype)
+    dz = None if (dz_rows is None or not keep_dz) else _from_rows(dz_rows, x.shape, channels_last)
+    if not need_dx:
+        return None, dweight, dbias, dz
+    if dz_rows is not None:
+        g_rows = dz_rows  # pass 2 runs on the gated gradient
+    # dx may overwrite the gated gradient in place when nobody keeps it:
+    # each slice reads its g before writing dx.
+    dx_rows = dz_rows if (dz_rows is not None and not keep_dz) else empty_aligned(np, x_rows.shape, dtype)
+    m = x.size // c
+    gamma = np.ones(c) if weight is None else weight.astype(np.float64)
+    coefficients = (gamma * s, -gamma * s**3 * sum_g_centred / m, -gamma * s * sum_g / m)  # a, b, c below
+    rows = [_channel_row(v, x_rows.shape[1] // c, dtype, channels_last) for v in coefficients]
+    _input_gradient(x_rows, g_rows, mean_row, rows, dx_rows)
+    return _from_rows(dx_rows, x.shape, channels_last), dweight, dbias, dz
 
-    mean_row = _channel_row(mean, length, dtype, channels_last)
+
+def _gradient_sums(
+    x_rows: Any, g_rows: Any, mean_row: Any, c: int, channels_last: bool, y_rows: Any, dz_rows: Any
+) -> tuple:
+    """Pass 1: per channel, sum(g) and sum(g (x - mean)), float64; with ``y_rows``, g gated into ``dz_rows``."""
+    n, k = x_rows.shape
     row_bytes = k * x_rows.itemsize
-    rows_per_slice = _slice_rows(n, row_bytes, xp)
+    rows_per_slice = _slice_rows(n, row_bytes, np)
 
     def sums(slices: list) -> Any:
         # Both sums from each slice while it is in cache. The centred values
         # go to a small scratch buffer, not to memory: pass 2 recomputes them,
         # which is cheaper than writing and re-reading a full-size array.
-        scratch = empty_aligned(xp, (rows_per_slice, k), dtype)
-        sum_g_cols = xp.zeros(k, dtype=dtype)
-        dot_cols = xp.zeros(k, dtype=dtype)
+        scratch = empty_aligned(np, (rows_per_slice, k), x_rows.dtype)
+        sum_g_cols, dot_cols = np.zeros(k, dtype=x_rows.dtype), np.zeros(k, dtype=x_rows.dtype)
         for sl in slices:
             g_slice, centred = g_rows[sl], scratch[: sl.stop - sl.start]
             if y_rows is not None:
                 # "not y <= 0" rather than "y > 0": NaN passes, as in relu_backward.
-                g_slice = xp.multiply(g_slice, ~(y_rows[sl] <= 0), out=dz2[sl])
+                g_slice = np.multiply(g_slice, ~(y_rows[sl] <= 0), out=dz_rows[sl])
             sum_g_cols += _column_sum(g_slice)
-            xp.subtract(x_rows[sl], mean_row, out=centred)
+            np.subtract(x_rows[sl], mean_row, out=centred)
             dot_cols += _column_dot(g_slice, centred)
-        return xp.stack([sum_g_cols, dot_cols])
+        return np.stack([sum_g_cols, dot_cols])
 
-    totals = sum(_over_slices(xp, n, row_bytes, sums, x.size))
-    sum_g, sum_g_centred = _channel_totals(totals[0], c, channels_last), _channel_totals(totals[1], c, channels_last)
-    s = inv_std.astype(xp.float64)
-    dbias = sum_g
-    dweight = sum_g_centred * s
-    dz = None if (dz2 is None or not keep_dz) else _from_rows(dz2, x.shape, channels_last)
-    if not need_dx:
-        return None, dweight.astype(dtype), dbias.astype(dtype), dz
-    if dz2 is not None:
-        g_rows = dz2  # pass 2 runs on the gated gradient
+    totals = sum(_over_slices(np, n, row_bytes, sums, x_rows.size))
+    return _channel_totals(totals[0], c, channels_last), _channel_totals(totals[1], c, channels_last)
 
-    gamma = xp.ones(c, dtype=xp.float64) if weight is None else weight.astype(xp.float64)
-    a = gamma * s
-    b = -gamma * s**3 * sum_g_centred / m
-    c_shift = -gamma * s * sum_g / m
-    a_row, b_row, c_row = (_channel_row(v, length, dtype, channels_last) for v in (a, b, c_shift))
 
-    # dx may overwrite the gated gradient in place when nobody keeps it:
-    # each slice reads its g before writing dx (scaled_g first).
-    dx_rows = dz2 if (dz2 is not None and not keep_dz) else empty_aligned(xp, (n, k), dtype)
+def _input_gradient(x_rows: Any, g_rows: Any, mean_row: Any, coefficient_rows: list, dx_rows: Any) -> None:
+    """Pass 2: ``dx = b * (x - mean) + a * g + c`` slice by slice, into ``dx_rows``."""
+    a_row, b_row, c_row = coefficient_rows
+    n, k = x_rows.shape
+    row_bytes = k * x_rows.itemsize
+    rows_per_slice = _slice_rows(n, row_bytes, np)
 
-    def input_gradient(slices: list) -> None:  # pass 2: dx = b * (x - mean) + a * g + c
-        scratch = empty_aligned(xp, (rows_per_slice, k), dtype)
+    def input_gradient(slices: list) -> None:
+        scratch = empty_aligned(np, (rows_per_slice, k), x_rows.dtype)
         for sl in slices:
             scaled_g = scratch[: sl.stop - sl.start]
-            xp.multiply(g_rows[sl], a_row, out=scaled_g)
+            np.multiply(g_rows[sl], a_row, out=scaled_g)  # read g first: dx may reuse its buffer
             out = dx_rows[sl]
-            xp.subtract(x_rows[sl], mean_row, out=out)
+            np.subtract(x_rows[sl], mean_row, out=out)
             out *= b_row
             out += scaled_g
             out += c_row
 
-    _over_slices(xp, n, row_bytes, input_gradient, x.size)
-    return _from_rows(dx_rows, x.shape, channels_last), dweight.astype(dtype), dbias.astype(dtype), dz
+    _over_slices(np, n, row_bytes, input_gradient, x_rows.size)
 
 
 # ---------------------------------------------------------------------------
