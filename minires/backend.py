@@ -9,9 +9,10 @@ module that owns its arrays::
 
 This is the only module that imports CuPy. It decides once, at first use,
 whether CuPy is usable: importing it is not enough, because a machine can have
-the package but no driver or no device. When CuPy is unusable the reason is
-kept so that ``minires info`` and error messages can say *why* the GPU
-backend is off instead of failing later with an obscure CUDA error.
+the package but no driver or no device, or a device but no run-time compiler
+(NVRTC) for the kernels. When CuPy is unusable the reason is kept so that
+``minires info`` and error messages can say *why* the GPU backend is off
+(:func:`cuda_status`) instead of failing later with an obscure CUDA error.
 
 The default device comes from the environment variable ``MINIRES_DEVICE``:
 ``cpu``, ``cuda`` (or ``cuda:N``), or ``auto`` (the default: ``cuda`` when
@@ -39,6 +40,8 @@ __all__ = [
     "to_device",
     "cupy_available",
     "cupy_unavailable_reason",
+    "cuda_status",
+    "CUDA_STATES",
     "DeviceError",
 ]
 
@@ -52,37 +55,152 @@ class DeviceError(RuntimeError):
 # CuPy detection (done lazily, once)
 # ---------------------------------------------------------------------------
 
-_cupy_state: dict[str, Any] = {"checked": False, "module": None, "reason": None}
+# The four answers of the probe, in the order it can fail (see cuda_status).
+CUDA_STATES = ("missing", "no-device", "compile-failed", "ok")
+
+# CuPy majors this code was checked against (the APIs it calls exist in both).
+SUPPORTED_CUPY_MAJORS = (13, 14)
+
+_cupy_state: dict[str, Any] = {"checked": False, "module": None, "reason": None, "state": None, "message": None}
 
 
 def _probe_cupy() -> None:
-    """Import CuPy and prove a device works; remember the module or the reason."""
+    """Import CuPy and prove a device works and kernels compile; remember the module or the reason.
+
+    Three steps, because each fails for a different reason and needs a
+    different fix: the import (is CuPy installed?), a device allocation (is
+    there a driver and a GPU?), and compiling and running a tiny kernel of our
+    own (is NVRTC, CUDA's run-time compiler, installed with its headers?).
+    CuPy compiles almost every kernel it launches, its own ``x * 2`` included,
+    so a machine without NVRTC has a GPU that cannot do anything useful, and
+    the error it gives deep inside a training step does not say so.
+    """
     if _cupy_state["checked"]:
         return
     _cupy_state["checked"] = True
     try:
         import cupy  # noqa: WPS433 (optional dependency, imported on purpose here only)
     except Exception as exc:  # ImportError, or a broken install raising anything
-        _cupy_state["reason"] = (
-            f"CuPy is not installed or failed to import ({type(exc).__name__}: {exc}); "
-            "install the extra with `pip install -e \".[gpu]\"` on a machine with CUDA"
-        )
+        _set_state("missing", (
+            f"CuPy is not installed or failed to import ({type(exc).__name__}: {exc}); on a machine with an "
+            "NVIDIA driver install the extra for its CUDA major version: `pip install -e \".[gpu-cuda12]\"` "
+            "or `pip install -e \".[gpu-cuda13]\"` (`nvidia-smi` shows the CUDA version)"
+        ))
+        return
+    version = getattr(cupy, "__version__", "?")
+    try:
+        probe = _probe_device(cupy)
+    except Exception as exc:
+        _set_state("no-device", (
+            f"CuPy {version} is installed but no CUDA device is usable ({type(exc).__name__}: {exc}); "
+            "check that `nvidia-smi` lists a GPU and that the driver supports this CuPy's CUDA version"
+        ))
         return
     try:
-        count = cupy.cuda.runtime.getDeviceCount()
-        if count < 1:
-            raise RuntimeError("no CUDA device found")
-        # A tiny allocation and kernel launch: a missing or mismatched driver
-        # often only fails here, not at import or device count.
-        probe = cupy.arange(4, dtype=cupy.float32)
-        float((probe * 2).sum())
+        _probe_compile(cupy, probe)
     except Exception as exc:
-        _cupy_state["reason"] = (
-            f"CuPy {getattr(cupy, '__version__', '?')} is installed but no CUDA device is usable "
-            f"({type(exc).__name__}: {exc})"
-        )
+        _set_state("compile-failed", (
+            f"CuPy {version} sees a CUDA device but cannot compile and run a kernel "
+            f"({type(exc).__name__}: {_first_lines(exc)}); {_nvrtc_hint(cupy)}"
+        ))
         return
     _cupy_state["module"] = cupy
+    _set_state("ok", _ok_message(cupy))
+
+
+def _set_state(state: str, message: str) -> None:
+    _cupy_state["state"] = state
+    _cupy_state["message"] = message
+    _cupy_state["reason"] = None if state == "ok" else message
+
+
+def _probe_device(cupy: Any) -> Any:
+    """A small array on device 0, made without compiling anything (raises when there is no GPU)."""
+    count = cupy.cuda.runtime.getDeviceCount()
+    if count < 1:
+        raise RuntimeError("no CUDA device found")
+    # A missing or mismatched driver often fails only here, at the first
+    # allocation; zeros is a memset, which needs no compiled kernel.
+    return cupy.zeros(4, dtype=np.float32)
+
+
+def _probe_compile(cupy: Any, probe: Any) -> None:
+    """Compile a one-line ElementwiseKernel (NVRTC), run it, and check its result on the host."""
+    add_one = cupy.ElementwiseKernel("T x", "T y", "y = x + T(1)", "minires_probe_add_one")
+    result = add_one(probe).get()
+    if result.tolist() != [1.0, 1.0, 1.0, 1.0]:
+        raise RuntimeError(f"a kernel computing x + 1 on zeros returned {result.tolist()}")
+
+
+def _first_lines(exc: BaseException, limit: int = 3) -> str:
+    """The first lines of an exception's text (a compiler log can be pages long)."""
+    lines = str(exc).strip().splitlines()
+    return " / ".join(lines[:limit]) + (" / ..." if len(lines) > limit else "")
+
+
+def _cuda_major(cupy: Any) -> int | None:
+    """The CUDA major version CuPy was built for (12 or 13), or None when it cannot say."""
+    try:
+        return int(cupy.cuda.runtime.runtimeGetVersion()) // 1000
+    except Exception:
+        return None
+
+
+def _nvrtc_hint(cupy: Any) -> str:
+    """What to install so that CuPy can compile kernels (NVRTC and the CUDA headers)."""
+    major = _cuda_major(cupy)
+    if major == 12:
+        packages = "nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12"
+    elif major == 13:
+        packages = "\"nvidia-cuda-nvrtc==13.*\" \"nvidia-cuda-runtime==13.*\""
+    else:
+        return ("install NVRTC and the CUDA headers of the CUDA version CuPy was built for (a CUDA toolkit, "
+                "or the nvidia-cuda-nvrtc and nvidia-cuda-runtime wheels)")
+    return (f"install NVRTC and the CUDA {major} headers: `pip install {packages}` "
+            f"(with CuPy 14, `pip install \"cupy-cuda{major}x[ctk]\"` does the same), or a CUDA {major} toolkit "
+            "with CUDA_PATH pointing at it")
+
+
+def _ok_message(cupy: Any) -> str:
+    version = getattr(cupy, "__version__", "?")
+    parts = [f"CuPy {version}"]
+    major = _cuda_major(cupy)
+    if major is not None:
+        parts.append(f"CUDA {major}")
+    try:
+        parts.append(f"{cupy.cuda.runtime.getDeviceCount()} device(s)")
+    except Exception:
+        pass
+    message = ", ".join(parts) + ": kernels compile and run"
+    try:
+        cupy_major = int(str(version).split(".")[0])
+    except ValueError:
+        cupy_major = None
+    if cupy_major not in SUPPORTED_CUPY_MAJORS:
+        tested = " and ".join(map(str, SUPPORTED_CUPY_MAJORS))
+        message += f" (untested CuPy version: minires is checked with CuPy {tested})"
+    return message
+
+
+def cuda_status() -> tuple[str, str]:
+    """``(state, message)``: whether the GPU backend works, and if not, why and what to do.
+
+    ``state`` is one of :data:`CUDA_STATES`:
+
+    * ``"missing"``: CuPy is not installed (or does not import);
+    * ``"no-device"``: CuPy imports but finds no usable GPU (no driver, no
+      device, or a driver too old for this CuPy's CUDA);
+    * ``"compile-failed"``: a GPU answers but a kernel does not compile or
+      run, usually because NVRTC or the CUDA headers are missing; the message
+      says which package to install;
+    * ``"ok"``: CuPy, a device and kernel compilation all work.
+    """
+    _probe_cupy()
+    if _cupy_state["module"] is not None:
+        return "ok", _cupy_state.get("message") or "CuPy: kernels compile and run"
+    state = _cupy_state.get("state")
+    # No module but no failure recorded either: nothing usable was found.
+    return (state if state not in (None, "ok") else "missing"), _cupy_state["reason"]
 
 
 def cupy_available() -> bool:

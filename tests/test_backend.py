@@ -9,6 +9,7 @@ which case they cover and skip (with a reason) on the other.
 
 from __future__ import annotations
 
+import sys
 import types
 
 import numpy as np
@@ -199,6 +200,131 @@ def test_this_machine_with_gpu_defaults_to_cuda(monkeypatch):
     assert get_array_module(x) is not np
     back = to_device(x, "cpu")
     assert isinstance(back, np.ndarray) and back.tolist() == [0.0, 1.0, 2.0]
+
+
+# ---------------------------------------------------------------------------
+# The probe's four answers, each simulated by a fake ``cupy`` in sys.modules
+# ---------------------------------------------------------------------------
+
+
+def _fresh_probe(monkeypatch, cupy_module):
+    """Install ``cupy_module`` as ``import cupy`` (None: not installed) and forget the last probe."""
+    monkeypatch.setitem(sys.modules, "cupy", cupy_module)
+    monkeypatch.setattr(backend, "_cupy_state", {"checked": False, "module": None, "reason": None, "state": None,
+                                                 "message": None})
+
+
+def _fake_cupy(devices=1, device_error=None, compile_error=None, cuda=12080, result=1.0):
+    """A module that answers the probe like CuPy would on a machine of the given kind.
+
+    ``device_error`` is raised by the device count (no driver), ``compile_error``
+    by the first call of an ElementwiseKernel (no NVRTC); ``result`` is what the
+    probe kernel "computes" for each element.
+    """
+    module = types.ModuleType("cupy")
+    module.__version__ = "14.2.0"
+
+    def get_device_count():
+        if device_error is not None:
+            raise device_error
+        return devices
+
+    class ElementwiseKernel:
+        def __init__(self, in_params, out_params, operation, name):
+            self.operation = operation
+
+        def __call__(self, x):
+            if compile_error is not None:
+                raise compile_error
+            return types.SimpleNamespace(get=lambda: np.full(x.shape, result, dtype=x.dtype))
+
+    runtime = types.SimpleNamespace(getDeviceCount=get_device_count, runtimeGetVersion=lambda: cuda)
+    module.cuda = types.SimpleNamespace(runtime=runtime)
+    module.zeros = np.zeros
+    module.ElementwiseKernel = ElementwiseKernel
+    return module
+
+
+def test_status_missing_when_cupy_does_not_import(monkeypatch):
+    _fresh_probe(monkeypatch, None)  # None in sys.modules makes `import cupy` raise ImportError
+    state, message = backend.cuda_status()
+    assert state == "missing"
+    assert "not installed" in message and "gpu-cuda12" in message and "gpu-cuda13" in message
+    assert not backend.cupy_available() and backend.cupy_unavailable_reason() == message
+
+
+@pytest.mark.parametrize("fake", [
+    _fake_cupy(device_error=RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")),
+    _fake_cupy(devices=0),
+], ids=["old-driver", "zero-devices"])
+def test_status_no_device(monkeypatch, fake):
+    _fresh_probe(monkeypatch, fake)
+    state, message = backend.cuda_status()
+    assert state == "no-device"
+    assert "CuPy 14.2.0 is installed but no CUDA device is usable" in message
+    assert not backend.cupy_available()
+
+
+@pytest.mark.parametrize("cuda, package", [(12080, "nvidia-cuda-nvrtc-cu12"), (13000, "nvidia-cuda-nvrtc==13.*")])
+def test_status_compile_failed_names_what_to_install(monkeypatch, cuda, package):
+    error = OSError("libnvrtc.so.12: cannot open shared object file: No such file or directory")
+    _fresh_probe(monkeypatch, _fake_cupy(compile_error=error, cuda=cuda))
+    state, message = backend.cuda_status()
+    assert state == "compile-failed"
+    assert "OSError: libnvrtc.so.12: cannot open shared object file" in message  # the exception's text
+    assert package in message and "NVRTC" in message
+    assert not backend.cupy_available()
+    with pytest.raises(DeviceError, match="cannot compile"):
+        device("cuda")
+
+
+def test_status_compile_failed_when_the_kernel_computes_garbage(monkeypatch):
+    _fresh_probe(monkeypatch, _fake_cupy(result=0.0))
+    state, message = backend.cuda_status()
+    assert state == "compile-failed" and "x + 1" in message
+
+
+def test_a_long_compiler_log_is_cut_to_its_first_lines(monkeypatch):
+    log = "\n".join(f"kern.cu({i}): error: something" for i in range(50))
+    _fresh_probe(monkeypatch, _fake_cupy(compile_error=RuntimeError(log)))
+    _, message = backend.cuda_status()
+    assert "kern.cu(0)" in message and "kern.cu(2)" in message and "kern.cu(3)" not in message
+
+
+def test_status_ok(monkeypatch):
+    fake = _fake_cupy(devices=2)
+    _fresh_probe(monkeypatch, fake)
+    state, message = backend.cuda_status()
+    assert state == "ok" and message == "CuPy 14.2.0, CUDA 12, 2 device(s): kernels compile and run"
+    assert backend.cupy_available() and backend.cupy_unavailable_reason() is None
+    assert device("cuda:1") == Device("cuda", 1)
+
+
+def test_status_ok_warns_about_an_untested_cupy_major(monkeypatch):
+    fake = _fake_cupy()
+    fake.__version__ = "15.0.0"
+    _fresh_probe(monkeypatch, fake)
+    assert "untested CuPy version" in backend.cuda_status()[1]
+
+
+def test_status_is_probed_once(monkeypatch):
+    calls = []
+    fake = _fake_cupy()
+    count = fake.cuda.runtime.getDeviceCount
+    fake.cuda.runtime.getDeviceCount = lambda: calls.append(1) or count()
+    _fresh_probe(monkeypatch, fake)
+    backend.cuda_status()
+    first = len(calls)
+    backend.cuda_status()
+    backend.cupy_available()
+    assert len(calls) == first
+
+
+def test_status_of_a_simulated_machine_without_cupy(monkeypatch):
+    # The older simulation (patching only module and reason) still reads as "missing".
+    _simulate_no_cupy(monkeypatch)
+    monkeypatch.setitem(backend._cupy_state, "state", "ok")
+    assert backend.cuda_status() == ("missing", "simulated: CuPy is not installed")
 
 
 # ---------------------------------------------------------------------------
