@@ -60,8 +60,10 @@ def cross_entropy_forward(logits: Any, target: Any, label_smoothing: float = 0.0
 
     Args:
         logits: ``(N, K)`` floating point.
-        target: ``(N,)`` integer class indices in [0, K) (not checked here;
-            :func:`minires.nn.functional.cross_entropy` checks them).
+        target: ``(N,)`` integer class indices in [0, K), not checked here:
+            :func:`minires.nn.functional.cross_entropy` checks host labels,
+            and clips device labels into range (reading them back would
+            stall the GPU) and turns those examples' losses into NaN.
         label_smoothing: eps in [0, 1].
 
     Returns:

@@ -232,3 +232,86 @@ def test_accuracy_errors():
         accuracy(np.zeros((2, 3)), [0, 1], topk=4)
     with pytest.raises(ValueError, match=r"target\[0\] = 7 is out of range"):
         accuracy(np.zeros((2, 3)), [7, 1])
+
+
+# ---------------------------------------------------------------------------
+# Targets already on a device: checked without reading them back
+# ---------------------------------------------------------------------------
+
+
+class _DeviceLabels(np.ndarray):
+    """Labels that play a GPU array: any read of a value back to the host fails the test.
+
+    On a GPU, ``int(x)``, ``bool(x)``, ``x.item()`` or the indices of a mask
+    (``flatnonzero``, whose ``.size`` is then read) wait for every queued
+    kernel. Arithmetic, comparisons, clip and where stay allowed: on a GPU
+    they queue more kernels and return at once.
+    """
+
+    def _host_read(self, *args, **kwargs):
+        raise AssertionError("the target was read back to the host (a GPU sync on every step)")
+
+    __bool__ = __int__ = __float__ = __index__ = _host_read
+    item = tolist = nonzero = get = _host_read
+
+
+def _device_labels(values):
+    return np.asarray(values, dtype=np.int64).view(_DeviceLabels)
+
+
+@pytest.fixture
+def labels_on_device(monkeypatch):
+    """Make the loss treat every target as a GPU array (the device branch, exercised with NumPy)."""
+    from minires.nn.functional import loss
+
+    monkeypatch.setattr(loss, "_on_device", lambda array: True)
+
+
+def _plain(a):
+    return np.asarray(a).view(np.ndarray)
+
+
+def test_the_fake_device_labels_refuse_host_reads():
+    labels = _device_labels([0, 5])
+    with pytest.raises(AssertionError, match="read back"):
+        np.flatnonzero(labels >= 3)
+    with pytest.raises(AssertionError, match="read back"):
+        bool((labels >= 3).any())
+
+
+def test_device_target_out_of_range_poisons_loss_and_gradient_without_a_host_read(labels_on_device, rng):
+    logits = rng.standard_normal((4, 3))
+    target = _device_labels([0, 5, 2, -1])  # examples 1 and 3 are out of range
+    x = Tensor(logits, requires_grad=True)
+    per_example = cross_entropy(x, target, reduction="none")
+    losses = _plain(per_example.data)
+    assert np.isnan(losses[[1, 3]]).all()
+    clean = cross_entropy(Tensor(logits[[0, 2]]), np.array([0, 2]), reduction="none").data
+    np.testing.assert_array_equal(losses[[0, 2]], clean)  # the good examples are untouched
+    per_example.backward(np.ones(4))
+    grad = _plain(x.grad)
+    assert np.isnan(grad[[1, 3]]).all() and np.isfinite(grad[[0, 2]]).all()
+    for reduction in ("mean", "sum"):
+        assert np.isnan(_plain(cross_entropy(Tensor(logits), target, reduction=reduction).data))
+
+
+def test_device_target_in_range_gives_the_host_result(labels_on_device, rng):
+    logits = rng.standard_normal((5, 4))
+    labels = np.array([3, 0, 1, 1, 2])
+    for smoothing in (0.0, 0.2):
+        x_dev, x_host = Tensor(logits, requires_grad=True), Tensor(logits, requires_grad=True)
+        on_device = cross_entropy(x_dev, _device_labels(labels), smoothing)
+        on_device.backward()
+        assert _plain(on_device.data) == cross_entropy(x_host, labels, smoothing).data
+        x_host.grad = None
+        cross_entropy(x_host, labels, smoothing).backward()
+        np.testing.assert_array_equal(_plain(x_dev.grad), x_host.grad)
+
+
+def test_host_target_is_still_checked_eagerly_beside_device_targets(monkeypatch):
+    # Only device arrays take the deferred branch; a NumPy target gets the clear error, not a NaN.
+    from minires.nn.functional import loss
+
+    monkeypatch.setattr(loss, "_on_device", lambda array: isinstance(array, _DeviceLabels))
+    with pytest.raises(ValueError, match=r"target\[1\] = 3 is out of range"):
+        cross_entropy(Tensor(np.zeros((2, 3))), np.array([0, 3]))
