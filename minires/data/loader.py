@@ -340,6 +340,40 @@ class DataLoader:
                 images = images.astype(backend.get_array_module(images).float32)
         return Tensor(images), Tensor(labels)
 
+    # -- handing a GPU batch from one thread to another -----------------------
+
+    def _record_ready(self) -> Any:
+        """In the prefetch thread: an event that completes when this thread's queued work has run.
+
+        GPU kernels run asynchronously, in the order of a *stream*. With
+        per-thread default streams (``CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1``)
+        the prefetch thread queues the batch's copy and augmentation on ITS
+        stream and the training step runs on another, so nothing would stop
+        the step from reading the images before they are written. The event
+        marks the point in the producer's stream after the batch's last
+        kernel; :meth:`_wait_ready` makes the consumer's stream wait for it.
+        None on the CPU, where the batch is complete when it is returned.
+        """
+        if self.device.type != "cuda":
+            return None
+        cp = self.device.xp
+        with self._device_scope():
+            event = cp.cuda.Event(disable_timing=True)  # only ordering is needed, not timing
+            event.record(cp.cuda.get_current_stream())
+        return event
+
+    def _wait_ready(self, event: Any) -> None:
+        """In the consumer's thread: later work on its current stream waits for ``event``.
+
+        The wait happens on the GPU (``cudaStreamWaitEvent``): this thread does
+        not block, it only orders the kernels it queues after the batch's.
+        """
+        if event is None:
+            return
+        cp = self.device.xp
+        with self._device_scope():
+            cp.cuda.get_current_stream().wait_event(event)
+
     # -- iteration -----------------------------------------------------------
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
@@ -370,6 +404,9 @@ class DataLoader:
         exception is re-raised here, in the consumer's thread. When the
         consumer stops early (``break``), closing this generator sets ``stop``
         so the worker does not block forever on a full queue.
+
+        On a GPU each batch travels with an event marking the end of its
+        copy and augmentation kernels (see :meth:`_record_ready`).
         """
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -386,7 +423,8 @@ class DataLoader:
         def work() -> None:
             try:
                 for i in indices:
-                    if not put(("batch", self._make_batch(epoch, i, order))):
+                    batch = self._make_batch(epoch, i, order)
+                    if not put(("batch", (batch, self._record_ready()))):
                         return
                 put(("end", None))
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer, not swallowed
@@ -398,7 +436,9 @@ class DataLoader:
             while True:
                 kind, payload = q.get()
                 if kind == "batch":
-                    yield payload
+                    batch, ready = payload
+                    self._wait_ready(ready)
+                    yield batch
                 elif kind == "error":
                     raise payload
                 else:

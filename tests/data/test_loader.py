@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import types
 
 import numpy as np
 import pytest
@@ -352,6 +353,103 @@ def test_bad_arguments_are_named(call, error, words):
     with pytest.raises(error) as info:
         call(images, labels)
     assert words in str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# Handing GPU batches between threads (a recording stand-in for CuPy)
+# ---------------------------------------------------------------------------
+
+
+class _StreamRecorder:
+    """Just enough of CuPy for the prefetch handover, every call logged.
+
+    Each thread has its own current stream, as with per-thread default streams
+    (``CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1``), the case where a batch made by
+    the prefetch thread is not ordered before the training step by itself.
+    """
+
+    def __init__(self):
+        self.log = []
+        self._local = threading.local()
+        recorder = self
+
+        class Stream:
+            def __init__(self):
+                self.thread = threading.current_thread().name
+
+            def wait_event(self, event):
+                recorder.log.append(("wait", event, self))
+
+        class Event:
+            def __init__(self, block=False, disable_timing=False, interprocess=False):
+                pass
+
+            def record(self, stream=None):
+                recorder.log.append(("record", self, stream))
+
+        class Device:
+            def __init__(self, index=0):
+                self.id = index
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        def get_current_stream():
+            if not hasattr(recorder._local, "stream"):
+                recorder._local.stream = Stream()
+            return recorder._local.stream
+
+        runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+        self.cuda = types.SimpleNamespace(Device=Device, Event=Event, Stream=Stream,
+                                          get_current_stream=get_current_stream, runtime=runtime)
+
+
+@pytest.fixture
+def recorded_gpu(monkeypatch):
+    """A pretend CUDA device whose streams and events are recorded; batches are their indices."""
+    fake = _StreamRecorder()
+    monkeypatch.setitem(backend._cupy_state, "checked", True)
+    monkeypatch.setitem(backend._cupy_state, "module", fake)
+    monkeypatch.setitem(backend._cupy_state, "reason", None)
+
+    def make_batch(loader, epoch, index, order):
+        fake.log.append(("made", index))
+        return index, index
+
+    monkeypatch.setattr(DataLoader, "_make_batch", make_batch)
+    return fake
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_a_prefetched_gpu_batch_is_yielded_only_after_its_stream_work_is_waited_for(recorded_gpu, prefetch):
+    images, labels = tagged(10)
+    loader = DataLoader(images, labels, 2, shuffle=False, device="cuda", prefetch=prefetch)
+    log = recorded_gpu.log
+    for index, _ in loader:
+        log.append(("yielded", index))
+    for index in range(5):
+        made = log.index(("made", index))
+        yielded = log.index(("yielded", index))
+        # The first event recorded after the batch was made is the batch's event.
+        recorded = next(i for i in range(made, len(log)) if log[i][0] == "record")
+        _, event, producer_stream = log[recorded]
+        waited = next(i for i, entry in enumerate(log) if entry[0] == "wait" and entry[1] is event)
+        consumer_stream = log[waited][2]
+        assert made < recorded < waited < yielded, log
+        assert producer_stream.thread == "minires-prefetch"  # recorded where the batch was made
+        assert consumer_stream.thread == threading.current_thread().name  # waited where it is used
+
+
+def test_without_prefetch_or_on_the_cpu_no_event_is_needed(recorded_gpu):
+    images, labels = tagged(6)
+    for _ in DataLoader(images, labels, 2, device="cuda", prefetch=0):
+        pass
+    for _ in DataLoader(images, labels, 2, device="cpu", prefetch=2):
+        pass
+    assert not [entry for entry in recorded_gpu.log if entry[0] in ("record", "wait")]
 
 
 # ---------------------------------------------------------------------------
