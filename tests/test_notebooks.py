@@ -338,7 +338,7 @@ def test_import_checker_catches_what_it_should():
 # ---------------------------------------------------------------------------
 
 
-def run_quick(nb, tmp_path: Path, monkeypatch):
+def run_quick(nb, monkeypatch):
     """Execute ``nb`` in place in quick mode, in a fresh kernel whose working directory is tutorials/."""
     # The kernel inherits this process's environment (MINIRES_DATA included, when CI sets it).
     monkeypatch.setenv("MINIRES_QUICK", "1")
@@ -353,9 +353,9 @@ def run_quick(nb, tmp_path: Path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_in_quick_mode_and_its_checks_reject_the_stubs(name, tmp_path, monkeypatch):
+def test_notebook_runs_in_quick_mode_and_its_checks_reject_the_stubs(name, monkeypatch):
     before = (TUTORIALS / f"{name}.ipynb").read_bytes()
-    nb = run_quick(_read(name), tmp_path, monkeypatch)
+    nb = run_quick(_read(name), monkeypatch)
     for i, cell in enumerate(nb.cells):
         errors = _errors(cell)
         if "check" in _tags(cell):
@@ -369,12 +369,12 @@ def test_notebook_runs_in_quick_mode_and_its_checks_reject_the_stubs(name, tmp_p
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISE_STUBS))
-def test_notebook_runs_with_the_solutions_and_every_check_passes(name, tmp_path, monkeypatch):
+def test_notebook_runs_with_the_solutions_and_every_check_passes(name, monkeypatch):
     nb = EXECUTE.inject_solutions(_read(name), name)
     for cell in nb.cells:  # here no cell may fail, check cells included
         if "raises-exception" in _tags(cell):
             cell.metadata["tags"].remove("raises-exception")
-    run_quick(nb, tmp_path, monkeypatch)
+    run_quick(nb, monkeypatch)
     checks = [c for c in nb.cells if "check" in _tags(c)]
     assert checks
     for cell in checks:

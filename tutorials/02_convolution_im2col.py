@@ -267,7 +267,7 @@ print(f"\nbatch 128: input {x_bytes / 1e6:.1f} MB, columns {9 * x_bytes / 1e6:.1
 # The ratio is $k^2$ for stride 1 and about $k^2/s^2$ for stride $s$. At batch 128 one 3x3 layer of
 # a CIFAR ResNet needs 75 MB of columns: far more than any CPU cache, so a naive im2col
 # convolution spends much of its time moving memory rather than multiplying. minires's fast CPU
-# path (its module docstring tells the whole story, measurement by measurement) keeps the same
+# path (the `minires.fast` package; its README tells the story, measurement by measurement) keeps the same
 # mathematics but unfolds only along the width (3 copies instead of 9), works on a few images at a
 # time so the buffers stay in cache, and never builds the full-batch matrix. The reference
 # implementation above is the one to read; the fast one is checked against it by the tests.

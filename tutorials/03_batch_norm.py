@@ -474,11 +474,12 @@ for ax, bn in zip(axes, (False, True)):
         losses = curves[bn, scale]
         finite = losses[np.isfinite(losses)]
         label = f"He x {scale}"
-        if len(finite) < len(losses):
+        if len(finite) < len(losses):  # the loss left the axis (1e30 and more), then overflowed: mark where
             label += f": diverged at step {len(losses)}"
-            ax.plot(len(finite), finite[-1], "x", color=colour, ms=10, mew=2)
+            ax.plot(len(losses), 20, "x", color=colour, ms=10, mew=2)
         ax.plot(np.arange(1, len(finite) + 1), finite, color=colour, label=label)
     ax.set_yscale("log")
+    ax.set_ylim(0.02, 30)
     ax.set_title("with batch norm" if bn else "without batch norm")
     ax.set_xlabel("SGD step")
     ax.grid(True, which="both", alpha=0.3)

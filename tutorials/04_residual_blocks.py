@@ -207,9 +207,10 @@ plt.show()
 # %% [markdown]
 # And here is the same thing as code: minires's own (every block is a subclass of `Block`; the
 # layers of the branch are shared by a residual block and its plain twin), exactly as it is in
-# `minires/models/blocks.py`. `_tap` reports tensors to the taps, and `_fuse()` chooses a faster
-# path that computes the same numbers with each batch norm, its ReLU and the addition fused into
-# one step (see the `Block` docstring); the lines after `else:` are the definition.
+# `minires/models/blocks.py`. The `_tap` calls report tensors to the taps and compute nothing; the
+# other lines are the whole definition. (On the CPU, minires's fast kernels may run a training
+# block with each batch norm fused with its ReLU and the addition, computing the same numbers: see
+# the `Block` docstring.)
 
 # %%
 for function in (blocks._BasicBranch._branch, BasicBlock.forward, PlainBlock.forward,
