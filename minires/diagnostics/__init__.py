@@ -9,7 +9,11 @@
 * :mod:`~minires.diagnostics.sweep`: :func:`depth_sweep`, first/last layer
   gradient ratio of plain and residual nets across depths, at initialisation.
 * :mod:`~minires.diagnostics.plots`: the figures (imports matplotlib when used).
-* :mod:`~minires.diagnostics.compare`: ``minires compare`` and ``minires gradflow``.
+* :mod:`~minires.diagnostics.compare`: plain versus residual side by side
+  (what ``minires compare`` and ``minires gradflow`` report).
+
+Nothing here trains a model: the training code imports diagnostics, never
+the other way round.
 """
 
 from .grad_norms import GradNormRow, format_table, grad_norm_rows, print_table, read_jsonl, rows_to_records

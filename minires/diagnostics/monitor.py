@@ -35,10 +35,10 @@ Typical use::
     monitor.detach()                             # every hook removed
     save_history(monitor.history, "gradients.json")
 
-With :class:`minires.train.Trainer`, pass ``monitor.callback(every=N)`` in
-``callbacks``: it records steps 1, N, 2N, ... and switches the hooks off in
-between. Step 1's gradient was computed at the *initial* weights, so it is the
-"at initialisation" profile. (Recorded from a callback, the weight norm is read
+With the Trainer, pass ``monitor.callback(every=N)`` in its ``callbacks``: it
+records steps 1, N, 2N, ... and switches the hooks off in between. Step 1's
+gradient was computed at the *initial* weights, so it is the "at
+initialisation" profile. (Recorded from a callback, the weight norm is read
 just after that step's update, which moves ``W`` by about ``lr * ||dL/dW||``.)
 
 Cost. The block hooks cost one norm per block per backward; the layer norms
@@ -60,8 +60,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .. import nn
-from ..backend import get_array_module
 from ..atomic import atomic_write_bytes
+from ..backend import get_array_module
 from ..models.blocks import Block
 from ..tensor import RemovableHandle, Tensor, is_grad_enabled
 from .grad_norms import GradNormRow, format_table, grad_norm_rows
@@ -357,7 +357,7 @@ class GradientMonitor:
         self._tensor_hooks.clear()
 
     def callback(self, every: int) -> "MonitorCallback":
-        """A :class:`minires.train.Trainer` callback recording steps 1, ``every``, 2 ``every``, ..."""
+        """A Trainer callback recording steps 1, ``every``, 2 ``every``, ..."""
         return MonitorCallback(self, every)
 
     # -- printing ----------------------------------------------------------------------
@@ -383,16 +383,15 @@ def format_history_table(history: GradientHistory, index: int = -1) -> str:
 
 
 class MonitorCallback:
-    """Records a :class:`GradientMonitor` from inside :meth:`minires.train.Trainer.fit`.
+    """Records a :class:`GradientMonitor` from inside the Trainer's ``fit()``.
 
     ``on_step_end`` runs after ``optimizer.step()``; the optimiser never
     modifies ``.grad``, so the weights' gradients are still those of the step
     (the pure loss gradient: weight decay is added to a copy). Between recorded
     steps the monitor is disabled, so unrecorded steps pay nothing.
 
-    (Not a subclass of :class:`minires.train.Callback` on purpose: ``train``
-    imports ``diagnostics``, so importing ``train`` here would be circular; the
-    trainer only needs the two methods.)
+    (Not a subclass of the train package's ``Callback``: diagnostics sits
+    below training and never imports it; the trainer only needs the two methods.)
     """
 
     def __init__(self, monitor: GradientMonitor, every: int) -> None:

@@ -139,12 +139,12 @@ def test_missing_data_is_a_runtime_error_with_the_directory_named(tmp_path, caps
      ("--batch-size", "0", 1), ("--width", "0", 1), ("--limit-test", "0", 1), ("--monitor-every", "0", 1)],
 )
 def test_bad_numbers_are_refused_before_any_data_is_loaded(flag, value, minimum, tmp_path, capsys, monkeypatch):
-    import minires.diagnostics.compare as compare
+    import minires.cli.compare as compare
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the arguments were checked")
 
-    monkeypatch.setattr(compare, "_load_cifar", no_data)
+    monkeypatch.setattr(compare, "load_cifar", no_data)
     monkeypatch.setattr(compare, "synthetic_dataset", no_data)
     length = [] if flag in ("--epochs", "--steps") else ["--steps", "2"]
     with pytest.raises(SystemExit) as exit_info:

@@ -219,7 +219,7 @@ def test_format_table_has_one_aligned_row_per_layer_and_block():
 
 def test_trainer_callback_records_step_one_and_every_nth_matching_trainer_grad_norms(tmp_path):
     from minires.diagnostics import read_jsonl
-    from minires.train import Trainer, TrainConfig, build_model
+    from minires.train import TrainConfig, Trainer, build_model
 
     rng = np.random.default_rng(0)
     data = SimpleNamespace(train_images=rng.integers(0, 256, (48, 3, 32, 32), dtype=np.uint8),
@@ -236,7 +236,7 @@ def test_trainer_callback_records_step_one_and_every_nth_matching_trainer_grad_n
     h = monitor.history
     assert h.steps == [1, 2, 4, 6]
     # The trainer logs the same gradients before optimizer.step(); the callback reads them after it.
-    logged = {r["step"]: {l["name"]: l["grad_norm"] for l in r["layers"]} for r in read_jsonl(tmp_path / "grad_norms.jsonl")}
+    logged = {r["step"]: {layer["name"]: layer["grad_norm"] for layer in r["layers"]} for r in read_jsonl(tmp_path / "grad_norms.jsonl")}
     assert sorted(logged) == [2, 4, 6]
     for step in (2, 4, 6):
         i = h.index_of(step)

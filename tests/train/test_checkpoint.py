@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minires.atomic import atomic_write_bytes
-from minires.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from minires.train.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _example_state() -> dict:
@@ -169,7 +169,7 @@ def test_edited_state_tree_is_caught_by_sha256(tmp_path):
 
 def test_version_1_files_still_load(tmp_path):
     # Version 1 hashed the arrays alone; such files must keep loading.
-    from minires.checkpoint import _digest
+    from minires.train.checkpoint import _digest
 
     path = save_checkpoint(tmp_path / "c.npz", {"epoch": 3, "w": np.arange(3, dtype=np.float32)})
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data.synthetic_cifar import write_synthetic_cifar
 
 import minires.data
 import minires.data.cifar
-from data.synthetic_cifar import write_synthetic_cifar
-from minires.checkpoint import load_checkpoint
 from minires.cli import main
 from minires.train import metric_columns
+from minires.train.checkpoint import load_checkpoint
 
 # Small enough for a couple of seconds per run: 64 training images, 4 steps per epoch.
 BASE = ["--model", "resnet_cifar", "--epochs", "2", "--batch-size", "16", "--limit-train", "64",
@@ -264,7 +264,7 @@ def test_damaged_checkpoint_gives_clear_error_and_is_kept(finished_run, data_dir
 
 
 def test_eval_refuses_weights_that_do_not_fit(finished_run, tmp_path, capsys):
-    from minires.checkpoint import save_checkpoint
+    from minires.train.checkpoint import save_checkpoint
 
     saved = load_checkpoint(finished_run[0] / "checkpoint.npz")
     saved["config"]["model"] = "resnet32"

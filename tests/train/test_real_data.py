@@ -3,7 +3,7 @@
 Needs the data: set MINIRES_DATA to the directory that contains
 ``cifar-10-batches-py/`` (CI sets it to ../shared/data). Skipped otherwise.
 
-The setting is chosen to finish in about a minute on 2 CPU cores: a narrow
+The setting is chosen to be quick on a few CPU cores: a narrow
 ResNet-8 (3 stages of one basic block, widths 8/16/32, 20k parameters),
 the first 5,000 training images, 6 epochs of 78 steps at batch 64 with the
 `fast` recipe (warm-up + cosine), no augmentation (too few epochs to overfit),
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from minires.train import Trainer, TrainConfig
+from minires.train import TrainConfig, Trainer
 
 
 def _real_data_dir() -> Path:

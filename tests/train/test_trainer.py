@@ -11,15 +11,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from data.synthetic_cifar import write_synthetic_cifar
-from minires import models, recipes
-from minires.checkpoint import CheckpointError, load_checkpoint
+
+from minires import models
 from minires.data import load_cifar10
 from minires.diagnostics import read_jsonl
 from minires.optim import SGD
 from minires.tensor import Tensor
-from minires.train import Callback, ConfigError, Trainer, TrainConfig, TrainingDiverged, metric_columns
+from minires.train import Callback, ConfigError, TrainConfig, Trainer, TrainingDiverged, metric_columns, recipes
+from minires.train.checkpoint import CheckpointError, load_checkpoint
 
 TINY = {"model": "resnet_cifar", "model_kwargs": {"depth": 8, "width": 4}, "device": "cpu"}
 
@@ -317,7 +317,7 @@ def test_mismatching_model_is_refused(tmp_path, cifar_files):
 
 def test_weights_of_another_architecture_are_refused(tmp_path, cifar_files):
     """Even with a matching config, weights that do not fit the model give a clear error."""
-    from minires.checkpoint import save_checkpoint
+    from minires.train.checkpoint import save_checkpoint
 
     quiet_trainer(tiny_config(epochs=1), cifar_files, tmp_path).fit()
     saved = load_checkpoint(tmp_path / "checkpoint.npz")
@@ -336,7 +336,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path, cifar_files):
 ])
 def test_checkpoint_with_missing_entries_gives_a_clear_error(tmp_path, cifar_files, damage, message):
     """A valid file written by other code (right SHA-256, wrong contents) is refused by name, not by KeyError."""
-    from minires.checkpoint import save_checkpoint
+    from minires.train.checkpoint import save_checkpoint
 
     quiet_trainer(tiny_config(epochs=1), cifar_files, tmp_path).fit()
     saved = load_checkpoint(tmp_path / "checkpoint.npz")
@@ -562,7 +562,7 @@ def test_divergence_mid_run_keeps_the_last_good_checkpoint(tmp_path, cifar_files
     of epoch 1 is left byte for byte as it was."""
     poison = PoisonAt(step=5)
     trainer = quiet_trainer(tiny_config(epochs=3), cifar_files, tmp_path, callbacks=[poison])
-    trainer._loss_check_every = check_every
+    trainer.loss_watch.check_every = check_every
     with pytest.raises(TrainingDiverged, match=r"training loss is nan at epoch 2, batch 2 \(step 6\)") as info:
         trainer.fit()
     assert (info.value.epoch, info.value.batch, info.value.step) == (2, 2, 6)
@@ -582,7 +582,7 @@ def test_an_interrupt_after_unchecked_divergence_saves_nothing(tmp_path, cifar_f
     the save reads them first and refuses."""
     poison = PoisonAt(step=5, interrupt_at=6)
     trainer = quiet_trainer(tiny_config(epochs=3), cifar_files, tmp_path, callbacks=[poison])
-    trainer._loss_check_every = 100
+    trainer.loss_watch.check_every = 100
     try:
         with pytest.raises(TrainingDiverged, match=r"step 6\)"):
             trainer.fit()

@@ -1,18 +1,13 @@
-"""Checkpoints: save and load a training run's whole state, safely.
+"""Checkpoint files: save and load a nested state of dicts, lists and arrays, safely and without pickle.
 
-A checkpoint is everything needed to continue a run as if it had never
-stopped: the model's ``state_dict`` (parameters and buffers such as batch-norm
-running statistics), the optimiser's momentum buffers, the learning-rate
-schedule's position, the epoch and global step, the random-number generator
-states, the run's configuration and the metrics so far. The caller builds that
-as one nested structure of dicts, lists, tuples, Python scalars, strings and
-arrays; this module only stores it and gives it back.
+The caller (the trainer, :mod:`.state`) builds one nested structure of dicts,
+lists, tuples, Python scalars, strings and arrays; this module only stores it
+and gives it back.
 
-The file format is a plain NumPy ``.npz`` (a zip of ``.npy`` arrays), chosen
-because it can be read without ``pickle``. Pickle runs arbitrary code while it
-loads, so a checkpoint downloaded from somewhere would be a program, not data.
-Here every array is stored as its own entry and everything else goes into one
-JSON document, the ``__meta__`` entry::
+The file is a plain NumPy ``.npz`` (a zip of ``.npy`` arrays), read with
+``allow_pickle=False``: pickle runs arbitrary code while it loads, so a
+checkpoint downloaded from somewhere would be a program, not data. Every array
+is its own entry and everything else goes into one JSON document::
 
     __meta__            uint8 array: UTF-8 JSON {format, version, sha256, arrays, state}
     a/0 ... a/N         the arrays, in the order they were met in ``state``
@@ -20,21 +15,13 @@ JSON document, the ``__meta__`` entry::
 Inside ``state`` an array is replaced by ``{"__array__": "a/3"}``. JSON cannot
 tell a tuple from a list or keep integer dictionary keys (``optimizer.state``
 is keyed by parameter index, as in PyTorch), so those are wrapped too
-(``{"__tuple__": [...]}``, ``{"__items__": [[key, value], ...]}``). Loading uses
-``allow_pickle=False``: an object array in a tampered file is refused by NumPy.
+(``{"__tuple__": [...]}``, ``{"__items__": [[key, value], ...]}``).
 
-Damage is detected twice. The zip format keeps a CRC-32 per entry, which
-catches truncation and most flipped bytes; on top of that ``__meta__`` records
-a SHA-256 over every array's name, dtype, shape and bytes and over the JSON
-state tree (configuration, counters, metrics), so an entry swapped or
-rewritten by hand is caught as well. Either way :class:`CheckpointError`
-names the file and says what is wrong.
-
-Writes are atomic: the file is written to a temporary name in the same
-directory, flushed and ``fsync``-ed, then ``os.replace``-d over the target, and
-the directory is ``fsync``-ed so the rename itself survives a power cut. A
-crash at any moment leaves either the old checkpoint or the new one, never a
-half-written file under the real name.
+Damage is detected twice: the zip's CRC-32 per entry (truncation, flipped
+bytes), and a SHA-256 in ``__meta__`` over every array's name, dtype, shape
+and bytes and over the JSON state tree (an entry swapped or rewritten by
+hand). Writes are atomic (temporary file, fsync, rename, fsync of the
+directory): a crash leaves the old checkpoint or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -47,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
-from .tensor import Tensor
+from .. import backend
+from ..atomic import atomic_write
+from ..tensor import Tensor
 
 __all__ = [
     "FORMAT",
@@ -57,8 +45,6 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
 ]
-
-from .atomic import atomic_write  # noqa: E402
 
 FORMAT = "minires-checkpoint"
 # Version 2: the SHA-256 also covers the JSON state tree (version 1: the arrays only).
@@ -191,6 +177,65 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
+def _read_npz(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The raw ``__meta__`` bytes and the arrays of ``path``; every zip CRC-32 is checked on the way."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files)
+            if _META_KEY not in names:
+                raise CheckpointError(
+                    f"{path} is not a minires checkpoint: it has no {_META_KEY!r} entry (entries: {names[:5]})"
+                )
+            # Reading an entry checks its zip CRC-32, so damage surfaces here.
+            return npz[_META_KEY], {k: npz[k] for k in names if k != _META_KEY}
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        # zipfile, NumPy's .npy reader and the OS raise a zoo of exception types
+        # for damaged files (BadZipFile, EOFError, ValueError, NotImplementedError
+        # for a flipped 'compression method' byte, ...): all mean the same here.
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or truncated and cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _parse_meta(path: Path, meta_raw: np.ndarray) -> tuple[dict[str, Any], int]:
+    """The ``__meta__`` JSON object and its format version, both checked."""
+    try:
+        meta = json.loads(meta_raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{path} is not a minires checkpoint (its metadata is a {type(meta).__name__}, not an object)"
+        )
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a minires checkpoint (format {meta.get('format')!r})")
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r}; this minires reads versions <= {FORMAT_VERSION}"
+        )
+    return meta, version
+
+
+def _check_contents(path: Path, meta: dict[str, Any], version: int, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse a file whose entries are not those ``__meta__`` lists, or whose SHA-256 does not match."""
+    expected = meta.get("arrays", {})
+    if not isinstance(expected, dict) or "state" not in meta:
+        raise CheckpointError(f"checkpoint {path} is inconsistent: its metadata lacks the array list or the state")
+    if set(expected) != set(arrays):
+        missing = sorted(set(expected) - set(arrays))
+        extra = sorted(set(arrays) - set(expected))
+        raise CheckpointError(f"checkpoint {path} is inconsistent: missing entries {missing}, unexpected {extra}")
+    digest = _digest(arrays, meta["state"] if version >= 2 else None)
+    if digest != meta.get("sha256"):
+        raise CheckpointError(
+            f"checkpoint {path} failed its SHA-256 check (recorded {meta.get('sha256')}, computed {digest}): "
+            "the file was modified or corrupted"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` and verify it.
 
@@ -207,51 +252,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            names = list(npz.files)
-            if _META_KEY not in names:
-                raise CheckpointError(
-                    f"{path} is not a minires checkpoint: it has no {_META_KEY!r} entry (entries: {names[:5]})"
-                )
-            # Reading an entry checks its zip CRC-32, so damage surfaces here.
-            meta_raw = npz[_META_KEY]
-            arrays = {k: npz[k] for k in names if k != _META_KEY}
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        # zipfile, NumPy's .npy reader and the OS raise a zoo of exception types
-        # for damaged files (BadZipFile, EOFError, ValueError, NotImplementedError
-        # for a flipped 'compression method' byte, ...): all mean the same here.
-        raise CheckpointError(
-            f"checkpoint {path} is damaged or truncated and cannot be read ({type(exc).__name__}: {exc})"
-        ) from exc
-    try:
-        meta = json.loads(meta_raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path} is not a minires checkpoint (its metadata is a {type(meta).__name__}, not an object)")
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a minires checkpoint (format {meta.get('format')!r})")
-    version = meta.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1 or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {version!r}; this minires reads versions <= {FORMAT_VERSION}"
-        )
-    expected = meta.get("arrays", {})
-    if not isinstance(expected, dict) or "state" not in meta:
-        raise CheckpointError(f"checkpoint {path} is inconsistent: its metadata lacks the array list or the state")
-    if set(expected) != set(arrays):
-        missing = sorted(set(expected) - set(arrays))
-        extra = sorted(set(arrays) - set(expected))
-        raise CheckpointError(f"checkpoint {path} is inconsistent: missing entries {missing}, unexpected {extra}")
-    digest = _digest(arrays, meta["state"] if version >= 2 else None)
-    if digest != meta.get("sha256"):
-        raise CheckpointError(
-            f"checkpoint {path} failed its SHA-256 check (recorded {meta.get('sha256')}, computed {digest}): "
-            "the file was modified or corrupted"
-        )
+    meta_raw, arrays = _read_npz(path)
+    meta, version = _parse_meta(path, meta_raw)
+    _check_contents(path, meta, version, arrays)
     try:
         return _decode(meta["state"], arrays)
     except (KeyError, TypeError, ValueError) as exc:  # only reachable with a version-1 file edited by hand
