@@ -1,5 +1,10 @@
 """GPU timings: minires (CuPy + its CUDA kernels) against PyTorch eager on the same GPU, same run.
 
+minires runs under its active kernel set (``MINIRES_KERNELS``, default
+``fast``: the hand-written CUDA kernels of :mod:`minires.cuda`; ``reference``
+times the array code of :mod:`minires.kernels` on CuPy instead); the header
+prints it.
+
 Two tables, batch 128, float32:
 
 1. Layers: conv2d, batch_norm (training mode) and relu at every distinct
@@ -94,6 +99,8 @@ def describe(cp: Any, index: int, torch: Any, torch_missing: str | None) -> list
         f"{props['totalGlobalMem'] / 2**30:.1f} GiB, {props['multiProcessorCount']} SMs",
         f"CUDA driver {driver // 1000}.{driver % 1000 // 10}, runtime {runtime // 1000}.{runtime % 1000 // 10}; "
         f"CuPy {cp.__version__}; NumPy {np.__version__}; minires {mr.__version__}",
+        f"minires kernel set: {mr.get_kernels()} (MINIRES_KERNELS; fast: the CUDA kernels of minires.cuda, "
+        "reference: the array code of minires.kernels on CuPy)",
     ]
     if torch is None:
         lines.append(f"PyTorch: not timed: {torch_missing}")
@@ -322,20 +329,6 @@ def epoch_table(cp, torch, device, index, args) -> tuple[list[list[str]], list[s
              f"{args.epochs} epoch(s) after {args.warmup_steps} warm-up steps"]
     sync_ours = cp.cuda.Device(index).synchronize
 
-    # minires: the whole normalised training set on the GPU, batches are slices of it.
-    x_all = normalize(cp.asarray(images))
-    y_all = cp.asarray(labels)
-    model = models.create("resnet20", seed=0).to(device=device)
-    model.train()
-    optimizer = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-
-    def ours_step(i: int) -> None:
-        xb, yb = mr.Tensor(x_all[i * batch:(i + 1) * batch]), mr.Tensor(y_all[i * batch:(i + 1) * batch])
-        loss = F.cross_entropy(model(xb), yb)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
     def run_epochs(step: Callable[[int], None], sync: Callable[[], None]) -> float:
         for i in range(args.warmup_steps):
             step(i % steps)
@@ -349,10 +342,28 @@ def epoch_table(cp, torch, device, index, args) -> tuple[list[list[str]], list[s
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    with minires.debug.count_transfers() as transfers:
-        ours = run_epochs(ours_step, sync_ours)
-    notes.append(f"host<->device transfers counted by minires.debug during the minires epochs: {transfers.count}")
-    del x_all, y_all, model, optimizer
+    def minires_epochs() -> tuple[float, int]:
+        """(median epoch seconds, host<->device transfers) for minires; its arrays are freed on return."""
+        # The whole normalised training set on the GPU, batches are slices of it.
+        x_all = normalize(cp.asarray(images))
+        y_all = cp.asarray(labels)
+        model = models.create("resnet20", seed=0).to(device=device)
+        model.train()
+        optimizer = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+        def ours_step(i: int) -> None:
+            xb, yb = mr.Tensor(x_all[i * batch:(i + 1) * batch]), mr.Tensor(y_all[i * batch:(i + 1) * batch])
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+        with minires.debug.count_transfers() as transfers:
+            seconds = run_epochs(ours_step, sync_ours)
+        return seconds, transfers.count
+
+    ours, transfer_count = minires_epochs()
+    notes.append(f"host<->device transfers counted by minires.debug during the minires epochs: {transfer_count}")
     cp.get_default_memory_pool().free_all_blocks()
 
     theirs = float("nan")

@@ -17,7 +17,8 @@ spends in these layers.
     python benchmarks/bench_layers.py --update-readme  # also rewrite the section in benchmarks/README.md
 
 Without torch installed only minires is timed. ``MINIRES_NUM_THREADS`` sets
-minires' thread count (default: the usable cores).
+minires' thread count (default: the usable cores); ``MINIRES_KERNELS`` its
+kernel set (default ``fast``; the header prints the active set).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import numpy as np
 
 import minires as mr
 import minires.nn.functional as F
-from minires.fast import threads as conv_kernels
+from minires.fast import threads
 
 try:
     import torch
@@ -46,6 +47,7 @@ except ImportError:  # the script still times minires alone
 README = Path(__file__).resolve().parent / "README.md"
 sys.path.insert(0, str(README.parent))  # benchmarks/ is not a package; run as a script
 from readme_section import render_table, update_section  # noqa: E402
+
 SECTION = "## Layers (bench_layers.py)"
 
 # (C_in, C_out, input size, stride, how many in ResNet-20). Every conv is 3x3, padding 1, no bias.
@@ -186,7 +188,7 @@ def relu_cases(batch: int, rng: np.random.Generator):
 def machine_description() -> list[str]:
     lines = [f"python {platform.python_version()}, numpy {np.__version__}"
              + (f", torch {torch.__version__}" if torch is not None else ", torch not installed")]
-    controller = conv_kernels._blas_controller()
+    controller = threads._blas_controller()
     if controller is not None:
         for info in controller.info():
             if info.get("user_api") == "blas":
@@ -195,7 +197,8 @@ def machine_description() -> list[str]:
                 break
     else:
         lines.append("threadpoolctl not installed: minires runs its chunks on one thread")
-    lines.append(f"minires kernel threads: {conv_kernels.num_threads()}"
+    lines.append(f"minires kernel set: {mr.get_kernels()}")
+    lines.append(f"minires kernel threads: {threads.num_threads()}"
                  + (f", torch.set_num_threads({torch.get_num_threads()})" if torch is not None else ""))
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines()
@@ -269,11 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         os.environ["MINIRES_NUM_THREADS"] = str(args.threads)
-        controller = conv_kernels._blas_controller()
+        controller = threads._blas_controller()
         if controller is not None:
             controller.limit(limits=args.threads, user_api="blas")  # stays in force for this process
     if torch is not None:
-        torch.set_num_threads(conv_kernels.num_threads())
+        torch.set_num_threads(threads.num_threads())
     machine = machine_description()
     print("\n".join(machine))
     print(f"batch {args.batch}, float32, median of {args.repeats} alternating runs per cell, times in ms\n")

@@ -76,16 +76,16 @@ def executor_round_trip(trips: int) -> float:
 
 def empty_region(trips: int) -> float | None:
     """Seconds per empty parallel region of ``run_chunks`` on 2 threads (None if it would not use 2)."""
-    from minires.fast import threads as conv
+    from minires.fast import threads
 
-    if conv.num_threads() < 2 or conv._blas_controller() is None:
+    if threads.num_threads() < 2 or threads._blas_controller() is None:
         return None
     work = lambda starts: None  # noqa: E731 (the smallest possible share of work)
     big = 1 << 40  # claim enough work that the region really uses the threads
-    conv.run_chunks(np, 2, 1, work, flops=big)
+    threads.run_chunks(np, 2, 1, work, flops=big)
     start = time.perf_counter()
     for _ in range(trips):
-        conv.run_chunks(np, 2, 1, work, flops=big)
+        threads.run_chunks(np, 2, 1, work, flops=big)
     return (time.perf_counter() - start) / trips
 
 

@@ -11,12 +11,25 @@ Time: both libraries in ONE process, steps ALTERNATING (minires, torch,
 minires, ...) after warm-up steps, so that a slow spell of the (shared)
 machine hits both; the table reports medians and the fastest step. Before
 each minires step the script sleeps 30 ms so that PyTorch's OpenMP threads,
-which spin for a while after each parallel region, are idle again.
+which spin for a while after each parallel region, are idle again (and under
+``--kernels reference`` 150 ms before each PyTorch step, for BLAS's threads).
 
-minires runs its step inside :func:`minires.fast.threads.single_threaded_blas`,
-and calls :func:`minires.fast.allocator.keep_freed_memory` before its first step,
-exactly as :class:`minires.train.Trainer` does (``--malloc glibc`` skips the
-latter). That setting is process-wide, so PyTorch's timed steps, which share
+Kernels: minires runs under one kernel set (``--kernels``, set with
+:func:`minires.set_kernels`; the header prints it): ``fast`` (default), the
+speed plug-ins of :mod:`minires.fast`, or ``reference``, the readable code in
+:mod:`minires.kernels`. The step gets the settings that
+:func:`minires.fast.training_context` gives a CPU training loop under that set:
+
+* fast: the step runs inside :func:`minires.fast.threads.single_threaded_blas`
+  (the kernels bring their own ``--threads`` threads), and
+  :func:`minires.fast.allocator.keep_freed_memory` is called before the first
+  step (``--malloc glibc`` skips it).
+* reference: no kernel threads and glibc's malloc defaults (``--malloc keep``
+  asks for the setting anyway); the parallelism is BLAS's own, held to
+  ``--threads`` threads during minires' step so that both libraries get the
+  same number of threads.
+
+The malloc setting is process-wide, so PyTorch's timed steps, which share
 the process, run with it too: the time ratio compares the two under the same
 conditions. PyTorch's memory process runs with glibc's defaults, as a
 PyTorch user's would.
@@ -29,6 +42,7 @@ size just before the first step is reported too ("before").
 
     python benchmarks/bench_train_step.py                       # ResNet-20 and -56
     python benchmarks/bench_train_step.py --models 20 --steps 15
+    python benchmarks/bench_train_step.py --kernels reference  # the readable kernels of minires/kernels
     python benchmarks/bench_train_step.py --profile ops         # where minires' step time goes
     python benchmarks/bench_train_step.py --profile cprofile    # the same, by Python function
     python benchmarks/bench_train_step.py --profile threads     # how the kernel threads share the step
@@ -37,6 +51,7 @@ size just before the first step is reported too ("before").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -52,8 +67,13 @@ from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 SETTLE_SECONDS = 0.03
+# Under --kernels reference minires' parallelism is BLAS's, and OpenBLAS's idle threads spin for about
+# 2**28 cycles (~0.1 s) after a threaded call: a pause this long before each PyTorch step lets them go idle
+# (measured: PyTorch's ResNet-20 step ~140 ms after 30 ms, ~100 ms after 150 ms, as after a fast-set step).
+BLAS_SETTLE_SECONDS = 0.15
 BATCH = 128
 NUM_CLASSES = 10
+KERNEL_SETS = ("reference", "fast")
 
 
 # ---------------------------------------------------------------------------
@@ -70,27 +90,77 @@ def make_batch(batch: int, seed: int = 0):
     return images, labels
 
 
-def minires_step(depth: int, batch: int, keep_memory: bool = True) -> tuple[Callable[[], float], Any]:
-    """(step function returning the loss, the model) for minires; ``keep_memory``: as Trainer does."""
+def use_kernel_set(kernels: str) -> str:
+    """Make ``kernels`` minires' active kernel set (:func:`minires.set_kernels`); returns the active set."""
+    import minires as mr
+
+    if not hasattr(mr, "set_kernels"):  # an older minires (to time a baseline): one set, the fast one
+        if kernels != "fast":
+            raise SystemExit(f"this minires has no kernel sets (minires.set_kernels): --kernels {kernels} "
+                             "cannot be timed with it; use --kernels fast")
+        return "fast (this minires has no kernel sets)"
+    mr.set_kernels(kernels)
+    return mr.get_kernels()
+
+
+def default_malloc(kernels: str) -> str:
+    """What a Trainer does to malloc under ``kernels`` (:func:`minires.fast.training_context`)."""
+    return "keep" if kernels == "fast" else "glibc"
+
+
+def _single_threaded_blas() -> Callable[[], Any]:
+    try:
+        from minires.fast.threads import single_threaded_blas
+    except ImportError:  # an older minires (to time a baseline)
+        try:
+            from minires.kernels.conv import single_threaded_blas
+        except ImportError:  # older still: the same setting, spelled out
+            return lambda: _blas_limited_to(1)
+    return single_threaded_blas
+
+
+def _blas_limited_to(threads: int) -> Any:
+    """A context that holds BLAS to ``threads`` threads (does nothing without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(threads, "blas")
+
+
+def _keep_freed_memory() -> None:
+    try:
+        from minires.fast.allocator import keep_freed_memory
+    except ImportError:  # an older minires (to time a baseline)
+        try:
+            from minires.allocator import keep_freed_memory
+        except ImportError:  # older still: no such setting
+            return
+    keep_freed_memory()
+
+
+def minires_step(depth: int, batch: int, keep_memory: bool = True, kernels: str = "fast",
+                 threads: int | None = None) -> tuple[Callable[[], float], Any]:
+    """(step function returning the loss, the model) for minires under kernel set ``kernels``.
+
+    The step gets what :func:`minires.fast.training_context` gives a training
+    loop on the CPU (module docstring): under ``fast``, BLAS on one thread
+    during the step; under ``reference``, BLAS held to ``threads`` threads
+    (None: BLAS's own default). ``keep_memory``: call keep_freed_memory first.
+    """
     import minires as mr
     import minires.nn.functional as F
     from minires import models, optim
 
-    try:
-        from minires.fast.threads import single_threaded_blas
-    except ImportError:  # an older minires (to time a baseline): the same setting, spelled out
-        from threadpoolctl import threadpool_limits
-
-        def single_threaded_blas():
-            return threadpool_limits(1, "blas")
-
+    use_kernel_set(kernels)
+    if kernels == "fast":
+        blas = _single_threaded_blas()
+    elif threads is None:
+        blas = contextlib.nullcontext
+    else:
+        blas = lambda: _blas_limited_to(threads)  # noqa: E731
     if keep_memory:
-        try:
-            from minires.fast.allocator import keep_freed_memory
-        except ImportError:  # an older minires (to time a baseline) has no such setting
-            pass
-        else:
-            keep_freed_memory()
+        _keep_freed_memory()
     model = models.resnet_cifar(depth, num_classes=NUM_CLASSES, seed=0)
     model.train()
     opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -98,7 +168,7 @@ def minires_step(depth: int, batch: int, keep_memory: bool = True) -> tuple[Call
     x, y = mr.Tensor(images), mr.Tensor(labels)
 
     def step() -> float:
-        with single_threaded_blas():
+        with blas():
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
@@ -171,7 +241,8 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux, bytes on macOS
 
 
-def child_memory(lib: str, depth: int, batch: int, steps: int, threads: int, keep_memory: bool = True) -> None:
+def child_memory(lib: str, depth: int, batch: int, steps: int, threads: int, keep_memory: bool = True,
+                 kernels: str = "fast") -> None:
     """Runs in the child process: build, take ``steps`` steps, print JSON with the peak RSS."""
     if lib == "torch":
         import torch
@@ -179,7 +250,7 @@ def child_memory(lib: str, depth: int, batch: int, steps: int, threads: int, kee
         torch.set_num_threads(threads)
         step = torch_step(depth, batch, None)
     else:
-        step, _ = minires_step(depth, batch, keep_memory)
+        step, _ = minires_step(depth, batch, keep_memory, kernels, threads)
     before = _status_mb("VmRSS")
     for _ in range(steps):
         step()
@@ -187,10 +258,11 @@ def child_memory(lib: str, depth: int, batch: int, steps: int, threads: int, kee
     print(json.dumps({"before_mb": before, "peak_mb": peak}))
 
 
-def measure_memory(lib: str, depth: int, batch: int, steps: int, threads: int, malloc: str = "keep") -> dict:
-    env = dict(os.environ, MINIRES_NUM_THREADS=str(threads))
+def measure_memory(lib: str, depth: int, batch: int, steps: int, threads: int, malloc: str = "keep",
+                   kernels: str = "fast") -> dict:
+    env = dict(os.environ, MINIRES_NUM_THREADS=str(threads), MINIRES_KERNELS=kernels)
     cmd = [sys.executable, __file__, "--child", lib, "--models", str(depth), "--batch", str(batch),
-           "--steps", str(steps), "--threads", str(threads), "--malloc", malloc]
+           "--steps", str(steps), "--threads", str(threads), "--malloc", malloc, "--kernels", kernels]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"memory child for {lib} resnet{depth} failed:\n{out.stderr}")
@@ -260,7 +332,9 @@ def profile_threads(step: Callable[[], float], steps: int) -> None:
     The kernels share their work among threads through ONE function,
     :func:`minires.fast.threads.run_chunks` (a "region": the caller hands
     each worker its chunks, works on its own share, then waits for the
-    workers). This wraps it, for the duration of the profile, and records per
+    workers). This wraps it, for the duration of the profile, in every
+    module of :mod:`minires.fast` that holds it (those that imported it by
+    name: conv, batch_norm, relu; and threads itself), and records per
     region its wall time and, per thread, when it started working and for
     how long. What the summary means:
 
@@ -277,10 +351,12 @@ def profile_threads(step: Callable[[], float], steps: int) -> None:
     """
     import threading
 
-    from minires.fast import batch_norm, conv, relu
+    from minires.fast import batch_norm, conv, relu, threads  # noqa: F401  (imported: they hold run_chunks)
 
-    original = conv.run_chunks
-    users = [m for m in (conv, batch_norm, relu) if getattr(m, "run_chunks", None) is original]
+    original = threads.run_chunks
+    users = [m for name, m in sorted(sys.modules.items())
+             if (name == "minires.fast" or name.startswith("minires.fast.")) and m is not None
+             and getattr(m, "run_chunks", None) is original]
     regions: list[tuple[float, list[tuple[float, float]]]] = []  # (wall, [(start offset, busy) per thread])
 
     def traced(xp, n_items, chunk, work, flops=0):
@@ -371,7 +447,7 @@ def profile_cprofile(step: Callable[[], float], steps: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-def machine_lines(threads: int) -> list[str]:
+def machine_lines(threads: int, kernels: str = "fast") -> list[str]:
     import numpy as np
 
     lines = [f"python {platform.python_version()}, numpy {np.__version__}"]
@@ -381,8 +457,10 @@ def machine_lines(threads: int) -> list[str]:
         lines[0] += f", torch {torch.__version__}"
     except ImportError:
         lines[0] += ", torch not installed"
-    lines.append(f"threads: minires MINIRES_NUM_THREADS={threads}, torch.set_num_threads({threads}); "
-                 f"cores usable: {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "?"
+    ours = (f"minires MINIRES_NUM_THREADS={threads} kernel threads, BLAS on one thread" if kernels == "fast"
+            else f"minires BLAS held to {threads} (the reference kernels have no threads of their own)")
+    lines.append(f"threads: {ours}, torch.set_num_threads({threads}); cores usable: {cores}")
     return lines
 
 
@@ -398,26 +476,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="time minires alone")
     parser.add_argument("--profile", choices=["ops", "cprofile", "threads"],
                         help="profile minires' step instead: by op, by Python function, or its parallel regions")
-    parser.add_argument("--malloc", choices=["keep", "glibc"], default="keep",
-                        help="keep: minires.fast.allocator.keep_freed_memory(), as Trainer does (default); glibc: its defaults")
+    parser.add_argument("--kernels", choices=KERNEL_SETS, default="fast",
+                        help="minires' kernel set (minires.set_kernels): fast, the plug-ins of minires.fast "
+                             "(default, whatever MINIRES_KERNELS says), or reference, the code in minires/kernels")
+    parser.add_argument("--malloc", choices=["keep", "glibc"], default=None,
+                        help="keep: minires.fast.allocator.keep_freed_memory(); glibc: its defaults "
+                             "(default: what a Trainer does, keep under --kernels fast, glibc under reference)")
     parser.add_argument("--child", choices=["minires", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.profile == "threads" and args.kernels != "fast":
+        parser.error("--profile threads times the fast kernels' parallel regions: the reference kernels "
+                     "have none (use --kernels fast)")
+    if args.malloc is None:
+        args.malloc = default_malloc(args.kernels)
     try:
         depths = [int(d.strip().removeprefix("resnet")) for d in args.models.split(",") if d.strip()]
     except ValueError:
         parser.error(f"--models must be depths such as 20,56; got {args.models!r}")
-    # Before minires is imported anywhere: its kernels read this.
+    # Before minires is imported anywhere: its kernels read these.
     os.environ["MINIRES_NUM_THREADS"] = str(args.threads)
+    os.environ["MINIRES_KERNELS"] = args.kernels
+    keep = args.malloc == "keep"
 
     if args.child:
-        child_memory(args.child, depths[0], args.batch, args.steps, args.threads, args.malloc == "keep")
+        child_memory(args.child, depths[0], args.batch, args.steps, args.threads, keep, args.kernels)
         return 0
 
+    active = use_kernel_set(args.kernels)
     if args.profile:
+        print(f"minires kernels: {active}")
         for depth in depths:
-            step, _ = minires_step(depth, args.batch, args.malloc == "keep")
+            step, _ = minires_step(depth, args.batch, keep, args.kernels, args.threads)
             print(f"== resnet{depth}, batch {args.batch}")
             profiler = {"ops": profile_ops, "cprofile": profile_cprofile, "threads": profile_threads}[args.profile]
             profiler(step, args.steps)
@@ -432,16 +523,19 @@ def main(argv: list[str] | None = None) -> int:
             use_torch = False
         else:
             torch.set_num_threads(args.threads)
-    print("\n".join(machine_lines(args.threads)))
+    print(f"minires kernels: {active} (minires.set_kernels; --kernels {'|'.join(KERNEL_SETS)})")
+    print("\n".join(machine_lines(args.threads, args.kernels)))
     load_before = os.getloadavg()
     print(f"load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
-    print(f"malloc: {'minires.fast.allocator.keep_freed_memory() (process-wide, PyTorch timed with it too)' if args.malloc == 'keep' else 'glibc defaults'}")
+    malloc = ("minires.fast.allocator.keep_freed_memory() (process-wide, PyTorch timed with it too)" if keep
+              else "glibc defaults")
+    print(f"malloc: {malloc}")
     print(f"batch {args.batch}, float32, {args.steps} alternating timed steps after {args.warmup} warm-up "
           "steps each; times in ms\n")
 
     rows = []
     for depth in depths:
-        step, model = minires_step(depth, args.batch, args.malloc == "keep")
+        step, model = minires_step(depth, args.batch, keep, args.kernels, args.threads)
         theirs = torch_step(depth, args.batch, model.state_dict()) if use_torch else None
         for _ in range(args.warmup):
             step()
@@ -452,13 +546,15 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(SETTLE_SECONDS)
             ours_t.append(timed(step))
             if theirs is not None:
+                if args.kernels == "reference":
+                    time.sleep(BLAS_SETTLE_SECONDS)
                 theirs_t.append(timed(theirs))
         row = {"model": f"resnet{depth}", "ours_med": statistics.median(ours_t) * 1e3, "ours_min": min(ours_t) * 1e3}
         if theirs_t:
             row.update(theirs_med=statistics.median(theirs_t) * 1e3, theirs_min=min(theirs_t) * 1e3)
         if not args.no_memory:
             row["ours_mem"] = measure_memory("minires", depth, args.batch, args.memory_steps, args.threads,
-                                             args.malloc)
+                                             args.malloc, args.kernels)
             if use_torch:
                 row["theirs_mem"] = measure_memory("torch", depth, args.batch, args.memory_steps, args.threads,
                                                    "glibc")

@@ -3,12 +3,14 @@
 The benchmarks print tables and are not timed here; these tests check that
 ``bench_train_step.py --profile threads`` adds up what it reports correctly
 (on a made-up step whose totals are known) and wraps the kernels' real
-``run_chunks`` (and restores it), and that ``bench_threads.py`` runs.
+``run_chunks`` (and restores it), that ``bench_train_step.py --kernels``
+runs minires' step under the set it names, and that ``bench_threads.py`` runs.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -61,9 +63,35 @@ def test_thread_profile_sees_every_region_of_a_real_kernel_and_restores_run_chun
     out = capsys.readouterr().out
     assert seen == [True, True, True]  # warm-up + 2 steps, all traced
     assert (conv.run_chunks, batch_norm.run_chunks, relu.run_chunks) == originals
-    line = next(l for l in out.splitlines() if l.startswith("regions run by the caller alone"))
+    line = next(row for row in out.splitlines() if row.startswith("regions run by the caller alone"))
     assert "(3 per step" in line  # a problem this small runs on the calling thread
     assert "perfect split" in out
+
+
+@pytest.mark.parametrize("kernels, fused", [("reference", False), ("fast", True)])
+def test_train_step_runs_under_the_kernel_set_it_is_given(capsys, monkeypatch, kernels, fused):
+    import minires
+
+    bench = _load("bench_train_step")
+    for name in ("MINIRES_NUM_THREADS", "MINIRES_KERNELS"):  # main() sets both: restored afterwards
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    other = "fast" if kernels == "reference" else "reference"
+    with minires.use_kernels(other):  # main() sets the set for the process: restored afterwards
+        assert bench.main(["--models", "8", "--batch", "2", "--steps", "1", "--threads", "1",
+                           "--profile", "ops", "--kernels", kernels, "--malloc", "glibc"]) == 0
+        assert minires.get_kernels() == kernels
+    out = capsys.readouterr().out
+    assert f"minires kernels: {kernels}" in out
+    # The fast set runs each residual block's batch norm and ReLU as one fused Function; the reference does not.
+    assert ("BatchNormReLUTrain" in out) == fused
+    assert "Conv2dFunction" in out
+
+
+def test_train_step_refuses_to_profile_threads_of_the_reference_kernels(capsys):
+    bench = _load("bench_train_step")
+    with pytest.raises(SystemExit):
+        bench.main(["--profile", "threads", "--kernels", "reference"])
+    assert "the reference kernels have none" in capsys.readouterr().err
 
 
 def test_bench_threads_prints_its_tables(capsys):

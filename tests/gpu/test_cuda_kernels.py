@@ -1,13 +1,16 @@
-"""The CUDA kernels (minires/kernels/cuda) against the NumPy references, and gradient checks on the GPU.
+"""The CUDA kernels (minires/cuda) against the reference kernels (minires/kernels), and gradient checks on the GPU.
 
-Every kernel is compared with the readable NumPy reference on hypothesis-drawn
-shapes, forward and backward: float32 to ~1e-5 relative, float64 to ~1e-12
-(tolerances are relative to the largest reference value, because outputs such
-as dx of batch norm are sums that cancel, so single elements can be tiny).
-The comparisons go through the public entry points of minires.kernels (which
-dispatch CuPy arrays to the CUDA kernels); ``test_dispatch_reaches_the_cuda_kernels``
-proves that they do, so a silent fallback to the generic CuPy path cannot
-make these tests pass by accident.
+Every kernel of :mod:`minires.cuda` is compared with the reference of the
+same name in :mod:`minires.kernels`, run with NumPy on the host, on
+hypothesis-drawn shapes, forward and backward: float32 to ~1e-5 relative,
+float64 to ~1e-12 (tolerances are relative to the largest reference value,
+because outputs such as dx of batch norm are sums that cancel, so single
+elements can be tiny). The tests call the CUDA kernels by name: the reference
+functions of minires.kernels would run CuPy arrays through their own array
+code, not through the CUDA kernels. ``test_dispatch_reaches_the_cuda_kernels``
+proves that under the fast kernel set :mod:`minires.dispatch` hands CuPy
+arrays to these same functions (so what is tested here is what training
+runs), and that under the reference set it does not.
 
 Gradient checks: ``minires.gradcheck`` perturbs CPU float64 inputs. The
 checked functions move their inputs to the GPU with ``Tensor.to("cuda")`` (a
@@ -26,14 +29,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minires
-from minires import backend
+from minires import backend, dispatch
+from minires.cuda import batch_norm as cuda_bn
+from minires.cuda import im2col as cuda_im2col
+from minires.cuda import relu as cuda_relu
 from minires.kernels import batch_norm as bn_kernels
 from minires.kernels import conv as conv_kernels
 from minires.kernels import im2col as im2col_kernels
 from minires.kernels import relu as relu_kernels
-from minires.cuda import batch_norm as cuda_bn
-from minires.cuda import im2col as cuda_im2col
-from minires.cuda import relu as cuda_relu
 from minires.nn import functional as F
 from minires.tensor import Tensor
 
@@ -100,13 +103,13 @@ def test_im2col_and_col2im_match_numpy(case, dtype, seed):
     geometry = (kernel, stride, padding, dilation)
     ref = im2col_kernels.im2col(x, *geometry)
     # im2col only copies values: exactly equal, in both layouts.
-    np.testing.assert_array_equal(to_host(im2col_kernels.im2col(to_gpu(x), *geometry)), ref)
+    np.testing.assert_array_equal(to_host(cuda_im2col.im2col(to_gpu(x), *geometry)), ref)
     k_major = cuda_im2col.im2col(to_gpu(x), *geometry, k_major=True)
     np.testing.assert_array_equal(to_host(k_major), ref.transpose(1, 0, 2).reshape(ref.shape[1], -1))
 
     cols = rng.standard_normal(ref.shape).astype(dtype)
     ref_x = im2col_kernels.col2im(cols, shape, *geometry)
-    assert_close(im2col_kernels.col2im(to_gpu(cols), shape, *geometry), ref_x, "col2im")
+    assert_close(cuda_im2col.col2im(to_gpu(cols), shape, *geometry), ref_x, "col2im")
     cols_k = np.ascontiguousarray(cols.transpose(1, 0, 2).reshape(cols.shape[1], -1))
     assert_close(cuda_im2col.col2im(to_gpu(cols_k), shape, *geometry, k_major=True), ref_x, "col2im k-major")
 
@@ -116,10 +119,10 @@ def test_col2im_is_deterministic_and_the_adjoint_of_im2col(cp, rng):
     # adds them in a fixed order, so two runs agree to the last bit.
     shape, geometry = (4, 3, 11, 13), ((3, 3), (1, 1), (1, 1), (1, 1))
     x = to_gpu(rng.standard_normal(shape).astype(np.float32))
-    cols = im2col_kernels.im2col(x, *geometry)
+    cols = cuda_im2col.im2col(x, *geometry)
     y = to_gpu(rng.standard_normal(cols.shape).astype(np.float32))
-    first = im2col_kernels.col2im(y, shape, *geometry)
-    second = im2col_kernels.col2im(y, shape, *geometry)
+    first = cuda_im2col.col2im(y, shape, *geometry)
+    second = cuda_im2col.col2im(y, shape, *geometry)
     assert bool((first == second).all())
     # <im2col(x), y> == <x, col2im(y)>, in float64 to keep rounding out of it.
     lhs = float((cols.astype(cp.float64) * y.astype(cp.float64)).sum())
@@ -148,17 +151,17 @@ def test_conv2d_forward_and_backward_match_numpy(case, dtype, seed, c_out, has_b
     weight = rng.standard_normal((c_out, shape[1]) + kernel).astype(dtype)
     bias = rng.standard_normal(c_out).astype(dtype) if has_bias else None
     geometry = (stride, padding, dilation)
-    ref = conv_kernels.conv2d_forward_reference(x, weight, bias, *geometry)
-    y = conv_kernels.conv2d_forward(to_gpu(x), to_gpu(weight), to_gpu(bias), *geometry)
+    ref = conv_kernels.conv2d_forward(x, weight, bias, *geometry)
+    y = cuda_im2col.conv2d_forward(to_gpu(x), to_gpu(weight), to_gpu(bias), *geometry)
     assert_close(y, ref, "conv2d forward")
     g = rng.standard_normal(ref.shape).astype(dtype)
-    ref_grads = conv_kernels.conv2d_backward_reference(x, weight, g, *geometry)
-    grads = conv_kernels.conv2d_backward(to_gpu(x), to_gpu(weight), to_gpu(g), *geometry)
+    ref_grads = conv_kernels.conv2d_backward(x, weight, g, *geometry)
+    grads = cuda_im2col.conv2d_backward(to_gpu(x), to_gpu(weight), to_gpu(g), *geometry)
     for got, want, name in zip(grads, ref_grads, ("dx", "dweight", "dbias")):
         assert_close(got, want, f"conv2d {name}")
     # Gradients that are not needed are not computed.
-    only_w = conv_kernels.conv2d_backward(to_gpu(x), to_gpu(weight), to_gpu(g), *geometry,
-                                          needs_input_grad=(False, True, False))
+    only_w = cuda_im2col.conv2d_backward(to_gpu(x), to_gpu(weight), to_gpu(g), *geometry,
+                                         needs_input_grad=(False, True, False))
     assert only_w[0] is None and only_w[2] is None
     assert_close(only_w[1], ref_grads[1], "conv2d dweight alone")
 
@@ -168,12 +171,12 @@ def test_conv2d_in_chunks_matches_one_chunk(monkeypatch, rng):
     x, w = rng.standard_normal((5, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3))
     g = rng.standard_normal((5, 4, 9, 8))
     geometry = ((1, 1), (1, 1), (1, 1))
-    whole = conv_kernels.conv2d_forward(to_gpu(x), to_gpu(w), None, *geometry)
-    whole_grads = conv_kernels.conv2d_backward(to_gpu(x), to_gpu(w), to_gpu(g), *geometry)
+    whole = cuda_im2col.conv2d_forward(to_gpu(x), to_gpu(w), None, *geometry)
+    whole_grads = cuda_im2col.conv2d_backward(to_gpu(x), to_gpu(w), to_gpu(g), *geometry)
     monkeypatch.setattr(cuda_im2col, "COLS_BUDGET_BYTES", 2 * 27 * 72 * 8)  # two images per chunk
-    assert cuda_im2col._images_per_chunk(5, 27, 72, 8) == 2
-    assert_close(conv_kernels.conv2d_forward(to_gpu(x), to_gpu(w), None, *geometry), to_host(whole))
-    for got, want in zip(conv_kernels.conv2d_backward(to_gpu(x), to_gpu(w), to_gpu(g), *geometry), whole_grads):
+    assert cuda_im2col._images_per_gemm(5, 27, 72, 8) == 2
+    assert_close(cuda_im2col.conv2d_forward(to_gpu(x), to_gpu(w), None, *geometry), to_host(whole))
+    for got, want in zip(cuda_im2col.conv2d_backward(to_gpu(x), to_gpu(w), to_gpu(g), *geometry), whole_grads):
         if want is not None:
             assert_close(got, to_host(want))
 
@@ -208,34 +211,42 @@ def _bn_inputs(shape, dtype, seed, affine, offset=0.0):
 @given(shape=bn_case(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1), affine=st.booleans())
 def test_batch_norm_train_forward_and_backward_match_numpy(shape, dtype, seed, affine):
     x, w, b, g = _bn_inputs(shape, dtype, seed, affine)
-    ref = bn_kernels.batch_norm_train_forward_reference(x, w, b, 1e-5)
-    got = bn_kernels.batch_norm_train_forward(to_gpu(x), to_gpu(w), to_gpu(b), 1e-5)
+    ref = bn_kernels.batch_norm_train_forward(x, w, b, 1e-5)
+    got = cuda_bn.batch_norm_train_forward(to_gpu(x), to_gpu(w), to_gpu(b), 1e-5)
     for a, r, name in zip(got, ref, ("y", "mean", "var", "inv_std")):
         assert_close(a, r.astype(dtype), f"batch_norm {name}")
     mean, inv_std = got[1], got[3]
-    ref_grads = bn_kernels.batch_norm_train_backward_reference(g, x, to_host(mean), to_host(inv_std), w)
-    grads = bn_kernels.batch_norm_train_backward(to_gpu(g), to_gpu(x), mean, inv_std, to_gpu(w))
+    ref_grads = bn_kernels.batch_norm_train_backward(g, x, to_host(mean), to_host(inv_std), w)
+    grads = cuda_bn.batch_norm_train_backward(to_gpu(g), to_gpu(x), mean, inv_std, to_gpu(w))
     for a, r, name in zip(grads, ref_grads, ("dx", "dweight", "dbias")):
         # The three sums of the closed form lose a few more digits than the forward.
         assert_close(a, r.astype(dtype), f"batch_norm {name}", rtol=10 * RTOL[np.dtype(dtype)])
-    no_dx = bn_kernels.batch_norm_train_backward(to_gpu(g), to_gpu(x), mean, inv_std, to_gpu(w), need_dx=False)
+    no_dx = cuda_bn.batch_norm_train_backward(to_gpu(g), to_gpu(x), mean, inv_std, to_gpu(w), need_dx=False)
     assert no_dx[0] is None
     assert_close(no_dx[1], to_host(grads[1]), rtol=0)
 
 
 @settings(max_examples=15, deadline=None)
 @given(shape=bn_case(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**32 - 1), affine=st.booleans())
-def test_fused_batch_norm_relu_matches_numpy(shape, dtype, seed, affine):
-    """relu(bn(x) + r) on the device (the CUDA kernels in sequence) against the NumPy reference."""
+def test_batch_norm_relu_with_a_residual_matches_numpy(shape, dtype, seed, affine):
+    """relu(bn(x) + r), a residual block's ending, on the device against the reference on the host.
+
+    On the GPU a block runs it as the CUDA kernels in sequence (the fused
+    relu(bn(x) + r) of minires.fast is CPU-only); the reference is the same
+    composition of minires.kernels with NumPy.
+    """
     x, w, b, g = _bn_inputs(shape, dtype, seed, affine)
     r = np.random.default_rng(seed + 1).standard_normal(shape).astype(dtype)
-    ref = bn_kernels.batch_norm_relu_train_forward_reference(x, w, b, 1e-5, r)
-    got = bn_kernels.batch_norm_relu_train_forward(to_gpu(x), to_gpu(w), to_gpu(b), 1e-5, to_gpu(r))
-    for a, want, name in zip(got, ref, ("y", "mean", "var", "inv_std")):
+    z_ref, *ref_stats = bn_kernels.batch_norm_train_forward(x, w, b, 1e-5)
+    y_ref = relu_kernels.relu_forward(z_ref + r)
+    z, mean, var, inv_std = cuda_bn.batch_norm_train_forward(to_gpu(x), to_gpu(w), to_gpu(b), 1e-5)
+    y = cuda_relu.relu_forward(z + to_gpu(r))
+    for a, want, name in zip((y, mean, var, inv_std), (y_ref, *ref_stats), ("y", "mean", "var", "inv_std")):
         assert_close(a, want.astype(dtype), f"batch_norm_relu {name}")
-    y, mean, inv_std = got[0], got[1], got[3]
-    ref_grads = bn_kernels.batch_norm_relu_train_backward_reference(g, to_host(y), x, to_host(mean), to_host(inv_std), w)
-    grads = bn_kernels.batch_norm_relu_train_backward(to_gpu(g), y, to_gpu(x), mean, inv_std, to_gpu(w))
+    dz_ref = relu_kernels.relu_backward(g, to_host(y))  # dz: the gradient of bn(x) + r, so also of r
+    ref_grads = bn_kernels.batch_norm_train_backward(dz_ref, x, to_host(mean), to_host(inv_std), w) + (dz_ref,)
+    dz = cuda_relu.relu_backward(to_gpu(g), y)
+    grads = cuda_bn.batch_norm_train_backward(dz, to_gpu(x), mean, inv_std, to_gpu(w)) + (dz,)
     for a, want, name in zip(grads, ref_grads, ("dx", "dweight", "dbias", "dz")):
         assert_close(a, want.astype(dtype), f"batch_norm_relu {name}", rtol=10 * RTOL[np.dtype(dtype)])
 
@@ -253,7 +264,7 @@ def test_running_statistics_update_on_the_device_matches_numpy(shape, dtype, see
     gpu = [to_gpu(s) for s in stats]
     running_mean_buffer = gpu[0]
     bn_kernels.update_running_stats(host[0], host[1], host[2], host[3], count, momentum)
-    bn_kernels.update_running_stats(gpu[0], gpu[1], gpu[2], gpu[3], count, momentum)
+    cuda_bn.update_running_stats(gpu[0], gpu[1], gpu[2], gpu[3], count, momentum)
     assert gpu[0] is running_mean_buffer  # updated in place
     assert_close(gpu[0], host[0], "running_mean")
     assert_close(gpu[1], host[1], "running_var")
@@ -265,7 +276,7 @@ def test_batch_norm_statistics_survive_a_large_mean(rng, dtype, offset, spread, 
     # of the variance (in float64 too, for the second case); the shifted sums
     # and Chan's merge keep them.
     x = (rng.standard_normal((64, 3, 16, 16)) * spread + offset).astype(dtype)
-    _, mean, var, _ = bn_kernels.batch_norm_train_forward(to_gpu(x), None, None, 0.0)
+    _, mean, var, _ = cuda_bn.batch_norm_train_forward(to_gpu(x), None, None, 0.0)
     true = x.astype(np.float64)
     true_mean = true.mean(axis=(0, 2, 3))
     true_var = ((true - true_mean.reshape(1, 3, 1, 1)) ** 2).mean(axis=(0, 2, 3))
@@ -277,12 +288,12 @@ def test_batch_norm_kernels_are_deterministic(rng):
     # Several blocks per channel (8 x 32 x 32 values), merged in a fixed order: no atomics.
     x, w, b, g = _bn_inputs((8, 4, 32, 32), np.float32, 0, True)
     x, w, b, g = to_gpu(x), to_gpu(w), to_gpu(b), to_gpu(g)
-    first = bn_kernels.batch_norm_train_forward(x, w, b, 1e-5)
-    second = bn_kernels.batch_norm_train_forward(x, w, b, 1e-5)
+    first = cuda_bn.batch_norm_train_forward(x, w, b, 1e-5)
+    second = cuda_bn.batch_norm_train_forward(x, w, b, 1e-5)
     for a, c in zip(first, second):
         assert bool((a == c).all())
-    back1 = bn_kernels.batch_norm_train_backward(g, x, first[1], first[3], w)
-    back2 = bn_kernels.batch_norm_train_backward(g, x, first[1], first[3], w)
+    back1 = cuda_bn.batch_norm_train_backward(g, x, first[1], first[3], w)
+    back2 = cuda_bn.batch_norm_train_backward(g, x, first[1], first[3], w)
     for a, c in zip(back1, back2):
         assert bool((a == c).all())
 
@@ -303,19 +314,19 @@ def test_relu_forward_and_backward_match_numpy(shape, dtype, seed, transpose):
     x_gpu = to_gpu(x)
     if transpose and x.ndim > 1:
         x, x_gpu = x.T, x_gpu.T  # a non-contiguous view
-    y = relu_kernels.relu_forward(x_gpu)
+    y = cuda_relu.relu_forward(x_gpu)
     ref = relu_kernels.relu_forward(x)
     np.testing.assert_array_equal(to_host(y), ref)
     g = rng.standard_normal(ref.shape).astype(dtype)
-    np.testing.assert_array_equal(to_host(relu_kernels.relu_backward(to_gpu(g), y)), relu_kernels.relu_backward(g, ref))
+    np.testing.assert_array_equal(to_host(cuda_relu.relu_backward(to_gpu(g), y)), relu_kernels.relu_backward(g, ref))
 
 
 def test_relu_propagates_nan_like_the_cpu(cp):
     x = np.array([np.nan, -1.0, 0.0, 2.0], dtype=np.float32)
-    y = relu_kernels.relu_forward(to_gpu(x))
+    y = cuda_relu.relu_forward(to_gpu(x))
     np.testing.assert_array_equal(to_host(y), relu_kernels.relu_forward(x))  # NaN stays NaN
     g = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
-    np.testing.assert_array_equal(to_host(relu_kernels.relu_backward(to_gpu(g), y)), [1.0, 0.0, 0.0, 4.0])
+    np.testing.assert_array_equal(to_host(cuda_relu.relu_backward(to_gpu(g), y)), [1.0, 0.0, 0.0, 4.0])
 
 
 # ---------------------------------------------------------------------------
@@ -323,31 +334,56 @@ def test_relu_propagates_nan_like_the_cpu(cp):
 # ---------------------------------------------------------------------------
 
 
-def test_dispatch_reaches_the_cuda_kernels(monkeypatch, rng):
+# The CUDA kernels by module, as registered with minires.dispatch for the "cuda" device.
+CUDA_KERNELS = (
+    (cuda_im2col, ("conv2d_forward", "conv2d_backward", "im2col", "col2im")),
+    (cuda_bn, ("batch_norm_train_forward", "batch_norm_train_backward", "update_running_stats")),
+    (cuda_relu, ("relu_forward", "relu_backward")),
+)
+
+
+def _record_cuda_kernel_calls(monkeypatch) -> list:
+    """Record the name of every CUDA kernel called: through minires.dispatch, or by another kernel (conv -> im2col)."""
     calls = []
 
-    def spy(module, name):
-        real = getattr(module, name)
-
+    def recording(name, fn):
         def wrapper(*args, **kwargs):
             calls.append(name)
-            return real(*args, **kwargs)
+            return fn(*args, **kwargs)
 
-        monkeypatch.setattr(module, name, wrapper)
+        return wrapper
 
-    for module, names in ((cuda_im2col, ("conv2d_forward", "conv2d_backward", "im2col", "col2im")),
-                          (cuda_bn, ("batch_norm_train_forward", "batch_norm_train_backward", "update_running_stats")),
-                          (cuda_relu, ("relu_forward", "relu_backward"))):
+    dispatch._load_plugins()
+    for module, names in CUDA_KERNELS:
         for name in names:
-            spy(module, name)
+            real = getattr(module, name)
+            fn, when = dispatch._fast[(name, "cuda")]
+            assert fn is real, f"minires.dispatch holds another {name} for cuda than {module.__name__}.{name}"
+            monkeypatch.setitem(dispatch._fast, (name, "cuda"), (recording(name, real), when))
+            monkeypatch.setattr(module, name, recording(name, real))
+    return calls
+
+
+def _conv_bn_relu_forward_backward(rng) -> None:
     x = Tensor(rng.standard_normal((2, 3, 6, 6)).astype(np.float32), device="cuda", requires_grad=True)
     w = Tensor(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), device="cuda", requires_grad=True)
     running_mean, running_var = to_gpu(np.zeros(4, np.float32)), to_gpu(np.ones(4, np.float32))
     y = F.relu(F.batch_norm(F.conv2d(x, w, padding=1), running_mean, running_var, training=True))
     y.backward(to_gpu(rng.standard_normal(y.shape).astype(np.float32)))
-    expected = {"conv2d_forward", "conv2d_backward", "batch_norm_train_forward", "batch_norm_train_backward",
-                "update_running_stats", "relu_forward", "relu_backward", "im2col", "col2im"}
+
+
+def test_dispatch_reaches_the_cuda_kernels(monkeypatch, rng):
+    calls = _record_cuda_kernel_calls(monkeypatch)
+    with minires.use_kernels("fast"):
+        _conv_bn_relu_forward_backward(rng)
+    expected = {name for _, names in CUDA_KERNELS for name in names}
     assert expected <= set(calls), f"not dispatched to CUDA: {sorted(expected - set(calls))}"
+
+    # The reference set runs minires.kernels' own array code on CuPy: no CUDA kernel of minires.cuda.
+    calls.clear()
+    with minires.use_kernels("reference"):
+        _conv_bn_relu_forward_backward(rng)
+    assert calls == [], f"CUDA kernels ran under the reference set: {sorted(set(calls))}"
 
 
 def _on_gpu(fn):

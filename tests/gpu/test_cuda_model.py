@@ -1,14 +1,17 @@
 """Whole models on the GPU: ResNet-20 equals the CPU in float64, and a training step stays on the device.
 
-* A full ResNet-20 forward and backward (training mode, so batch norm uses
-  the fused CUDA kernels, and updates its running statistics on the device)
-  on the GPU equals the same computation on the CPU in float64: logits, loss,
-  every parameter gradient and every running statistic. An evaluation-mode
-  forward afterwards checks the running statistics in use.
+* A full ResNet-20 forward and backward (training mode, so batch norm
+  updates its running statistics on the device) on the GPU equals the same
+  computation on the CPU in float64: logits, loss, every parameter gradient
+  and every running statistic. An evaluation-mode forward afterwards checks
+  the running statistics in use. Under each kernel set (:mod:`minires.dispatch`):
+  ``fast`` runs the CUDA kernels of :mod:`minires.cuda` on the GPU (and
+  :mod:`minires.fast` on the CPU), ``reference`` the array code of
+  :mod:`minires.kernels` on both.
 * A training step (forward, loss, backward, SGD with momentum) on CUDA
   tensors makes zero host<->device transfers once the batch is on the device,
   counted by :mod:`minires.debug` (tests/test_debug_transfers.py checks the
-  same on the CPU).
+  same on the CPU), under the fast set (the CUDA kernels).
 * The trainer runs an epoch end to end on ``device="cuda"``.
 
 The whole module skips, with the reason, where no CUDA device is usable.
@@ -21,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import minires
 import minires.debug
 from minires import backend, models
 from minires.nn import functional as F
@@ -46,7 +50,20 @@ def _resnet20_pair(dtype):
     return cpu_model, gpu_model
 
 
-def test_resnet20_forward_backward_on_gpu_equals_cpu_in_float64(rng):
+@pytest.fixture
+def fast_kernels():
+    """The fast kernel set (the CUDA kernels on the GPU) for the test, whatever MINIRES_KERNELS says."""
+    with minires.use_kernels("fast"):
+        yield
+
+
+@pytest.mark.parametrize("kernels", ["fast", "reference"])
+def test_resnet20_forward_backward_on_gpu_equals_cpu_in_float64(rng, kernels):
+    with minires.use_kernels(kernels):
+        _check_resnet20_gpu_equals_cpu(rng)
+
+
+def _check_resnet20_gpu_equals_cpu(rng):
     cpu_model, gpu_model = _resnet20_pair(np.float64)
     images = rng.standard_normal((8, 3, 32, 32))
     labels = rng.integers(0, 10, size=8)
@@ -79,7 +96,7 @@ def test_resnet20_forward_backward_on_gpu_equals_cpu_in_float64(rng):
     np.testing.assert_allclose(eval_gpu, eval_cpu, rtol=1e-9, atol=1e-10)
 
 
-def test_a_training_step_on_cuda_makes_no_transfer_after_the_batch_is_on_the_device(rng):
+def test_a_training_step_on_cuda_makes_no_transfer_after_the_batch_is_on_the_device(rng, fast_kernels):
     model = models.create("resnet20", seed=0).to(device="cuda")
     model.train()
     optimizer = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -99,7 +116,7 @@ def test_a_training_step_on_cuda_makes_no_transfer_after_the_batch_is_on_the_dev
     assert np.isfinite(loss.item())
 
 
-def test_the_trainer_runs_an_epoch_on_cuda(tmp_path, rng):
+def test_the_trainer_runs_an_epoch_on_cuda(tmp_path, rng, fast_kernels):
     def images(n):
         return rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
 
