@@ -90,6 +90,3 @@ def conv2d_backward(
         grad_x = col2im(grad_cols, (n, c, h, w), (kh, kw), stride, padding, dilation)
     return grad_x, grad_w, grad_b
 
-
-# TEMPORARY re-export while the training code moves (minires.fast.threads is the home).
-from ..fast.threads import single_threaded_blas  # noqa: E402,F401

@@ -135,7 +135,7 @@ def test_a_foreign_configuration_is_a_checkpoint_error(tmp_path):
 def test_cpu_step_context_turns_the_speed_helpers_on_only_for_the_cpu(monkeypatch):
     import contextlib
 
-    from minires import allocator
+    from minires.fast import allocator
     from minires.train import speed
 
     calls = []

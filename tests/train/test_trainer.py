@@ -502,7 +502,7 @@ def test_grad_norms_option_prints_the_table_of_each_nth_step(tmp_path, cifar_fil
 
 
 def test_cpu_runs_keep_freed_memory_for_reuse(tmp_path, cifar_files, monkeypatch):
-    from minires import allocator
+    from minires.fast import allocator
 
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
