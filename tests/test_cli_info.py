@@ -36,7 +36,9 @@ def _check_info_output(stdout: str) -> None:
         assert "active backend: cupy" in stdout
     else:
         # Not just "no GPU": the reason the probe found, word for word.
-        assert f"GPU backend: unavailable: {backend.cupy_unavailable_reason()}" in stdout
+        state, message = backend.cuda_status()
+        assert state in ("missing", "no-device", "compile-failed")
+        assert f"GPU backend: unavailable ({state}): {message}" in stdout
         assert "active backend: numpy (default device cpu)" in stdout
 
 
@@ -74,10 +76,11 @@ def test_info_in_process_without_gpu(monkeypatch, capsys):
     monkeypatch.setitem(backend._cupy_state, "checked", True)
     monkeypatch.setitem(backend._cupy_state, "module", None)
     monkeypatch.setitem(backend._cupy_state, "reason", "simulated: no CUDA driver on this box")
+    monkeypatch.setitem(backend._cupy_state, "state", "no-device")
     monkeypatch.delenv("MINIRES_DEVICE", raising=False)
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "GPU backend: unavailable: simulated: no CUDA driver on this box" in out
+    assert "GPU backend: unavailable (no-device): simulated: no CUDA driver on this box" in out
     assert "device  cpu" in out
 
 
@@ -89,6 +92,31 @@ def test_info_with_cuda_requested_but_unusable_fails_clearly(monkeypatch, capsys
     assert main(["info"]) == 1
     out = capsys.readouterr().out
     assert "active backend: none:" in out and "simulated: no CUDA driver" in out
+
+
+@pytest.mark.parametrize("kernels", ["reference", "fast"])
+def test_info_prints_the_kernel_set_and_where_it_was_chosen(kernels):
+    # A real process: the set is read from the environment once per process.
+    result = _run([sys.executable, "-m", "minires", "info"], {"MINIRES_KERNELS": kernels})
+    assert result.returncode == 0, result.stderr
+    assert f"kernels: {kernels} (MINIRES_KERNELS={kernels};" in result.stdout
+
+
+def test_info_with_a_bad_kernel_set_fails_and_names_it():
+    result = _run([sys.executable, "-m", "minires", "info"], {"MINIRES_KERNELS": "turbo"})
+    assert result.returncode == 1
+    assert "kernels: invalid: MINIRES_KERNELS='turbo' is not a kernel set" in result.stdout
+
+
+def test_info_says_whether_data_parallel_runs_and_how_to_get_it(monkeypatch, capsys):
+    from minires.distributed import comm
+
+    assert main(["info"]) == 0
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("MPI (data parallel): "))
+    assert ("mpi4py " in line) == comm.is_available()
+    monkeypatch.setattr(comm, "is_available", lambda: False)
+    assert main(["info"]) == 0
+    assert f"MPI (data parallel): not installed ({comm.INSTALL_HINT})" in capsys.readouterr().out
 
 
 def test_no_command_prints_help_and_returns_2(capsys):

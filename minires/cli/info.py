@@ -1,4 +1,4 @@
-"""``minires info``: versions, the active backend, devices and, when there is no GPU, why."""
+"""``minires info``: versions, the active backend, devices, the kernel set, MPI, and when there is no GPU, why."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import os
 import platform
 import sys
 
-from .. import __version__, backend
+from .. import __version__, backend, dispatch
+from ..distributed import mpi_status
 
 __all__ = ["add_parser", "run"]
 
@@ -29,7 +30,8 @@ def _print_devices() -> None:
         print("GPU backend: available (CuPy)")
     else:
         print("device  cpu")
-        print(f"GPU backend: unavailable: {backend.cupy_unavailable_reason()}")
+        state, message = backend.cuda_status()
+        print(f"GPU backend: unavailable ({state}): {message}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +50,12 @@ def run(args: argparse.Namespace) -> int:
     env = os.environ.get("MINIRES_DEVICE", "")
     print(f"MINIRES_DEVICE = {env or '(unset: auto)'}")
     _print_devices()
+    print(f"MPI (data parallel): {mpi_status()}")
+    try:
+        print(f"kernels: {_kernel_set()}")
+    except ValueError as exc:  # a bad MINIRES_KERNELS: every command would fail on it
+        print(f"kernels: invalid: {exc}")
+        return 1
     try:
         dev = backend.default_device()
         print(f"active backend: {'cupy' if dev.type == 'cuda' else 'numpy'} (default device {dev})")
@@ -55,3 +63,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"active backend: none: {exc}")
         return 1
     return 0
+
+
+def _kernel_set() -> str:
+    """The active kernel set and where the choice came from (ValueError: a bad MINIRES_KERNELS)."""
+    active = dispatch.get_kernels()
+    source = f"MINIRES_KERNELS={os.environ['MINIRES_KERNELS']}" if os.environ.get("MINIRES_KERNELS") else "default"
+    what = "the readable code of minires/kernels" if active == "reference" else "minires/kernels + speed plug-ins"
+    return f"{active} ({source}; {what})"
