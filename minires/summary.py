@@ -146,6 +146,22 @@ def summary(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -
     Returns:
         a :class:`Summary`; ``print(summary(model, (3, 32, 32)))`` shows the table.
     """
+    shape = _check_summary_arguments(model, input_shape, batch_size)
+    params = list(model.parameters())
+    first = params[0] if params else None
+    dtype = first.dtype if first is not None else np.float32
+    x = Tensor(np.zeros((int(batch_size), *map(int, shape)), dtype=dtype))
+    if first is not None:
+        x = x.to(device=first.device)
+    layers = _probe(model, x, shape)
+    total = sum(p.size for p in params)
+    trainable = sum(p.size for p in params if p.requires_grad)
+    name = getattr(model, "arch", None) or type(model).__name__
+    return Summary(str(name), x.shape, layers, total, trainable)
+
+
+def _check_summary_arguments(model: Any, input_shape: Any, batch_size: Any) -> tuple:
+    """``input_shape`` as a tuple; a clear error for a non-Module or a bad shape or batch size."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"summary expects a minires.nn.Module, got {type(model).__name__}")
     shape = tuple(input_shape)
@@ -153,14 +169,11 @@ def summary(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -
         raise ValueError(f"input_shape must be a tuple of positive ints without the batch axis, got {input_shape!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return shape
 
-    params = list(model.parameters())
-    first = params[0] if params else None
-    dtype = first.dtype if first is not None else np.float32
-    x = Tensor(np.zeros((int(batch_size), *map(int, shape)), dtype=dtype))
-    if first is not None:
-        x = x.to(device=first.device)
 
+def _probe(model: nn.Module, x: Tensor, shape: tuple) -> list[LayerInfo]:
+    """One eval-mode forward of ``x`` with a hook on every leaf module: a :class:`LayerInfo` per call."""
     names = {id(m): name for name, m in model.named_modules()}
     layers: list[LayerInfo] = []
     counted: set[int] = set()
@@ -192,7 +205,7 @@ def summary(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -
                 model(x)
             except (ValueError, TypeError) as exc:
                 # The model's own message shows the probe's shape, batch axis added; say where it came from.
-                exc.add_note(f"summary() probed the model with shape {x.shape}: batch_size {batch_size} + input_shape "
+                exc.add_note(f"summary() probed the model with shape {x.shape}: batch_size {x.shape[0]} + input_shape "
                              f"{shape}. input_shape is ONE input without the batch axis, e.g. (3, 32, 32).")
                 raise
     finally:
@@ -201,8 +214,4 @@ def summary(model: nn.Module, input_shape: Sequence[int], batch_size: int = 1) -
         for m, attrs in saved:
             m.__dict__.clear()
             m.__dict__.update(attrs)
-
-    total = sum(p.size for p in params)
-    trainable = sum(p.size for p in params if p.requires_grad)
-    name = getattr(model, "arch", None) or type(model).__name__
-    return Summary(str(name), x.shape, layers, total, trainable)
+    return layers
