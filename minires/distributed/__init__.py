@@ -13,6 +13,7 @@ therefore their own GIL. One step on every rank::
 The files, one idea each:
 
 * :mod:`.comm`  -- ranks, world size, and the collectives (all_reduce, broadcast, barrier)
+* :mod:`.nccl`  -- the same collectives on GPU arrays, GPU to GPU through NCCL (used by :mod:`.comm`)
 * :mod:`.launch` -- ``mpiexec -n N``, with the CPU threads shared out among the processes
   (``minires.distributed.launch.launch(argv, nproc)``; the module keeps the name)
 * :mod:`.sampler` -- which examples each rank takes; the per-rank batch size

@@ -139,6 +139,20 @@ class ProcessGroup:
         self.comm = comm
         self.rank = rank
         self.size = size
+        self._nccl: dict[int, Any] = {}  # GPU index -> NcclChannel, built on first use (collective)
+
+    def _gpu_channel(self, array: Any) -> Any:
+        """The NCCL channel for a GPU array (:mod:`.nccl`); None for host arrays or without NCCL."""
+        where = backend.device_of(array)
+        if self.comm is None or where.type != "cuda":
+            return None
+        if where.index not in self._nccl:
+            from .nccl import NcclChannel, nccl_module
+
+            nccl = nccl_module()
+            self._nccl[where.index] = None if nccl is None else NcclChannel(
+                nccl, self.comm, self.rank, self.size, where.index)
+        return self._nccl[where.index]
 
     def all_reduce(self, tensor: Any, op: str = ReduceOp.SUM, async_op: bool = False) -> Work | None:
         """See :func:`all_reduce`."""
@@ -147,12 +161,16 @@ class ProcessGroup:
             raise ValueError(f"op must be one of 'sum', 'avg', 'max', 'min', got {op!r}")
         if op == ReduceOp.AVG and array.dtype.kind != "f":
             raise TypeError(f"an average needs a floating-point array, got dtype {array.dtype}")
+        channel = self._gpu_channel(array)
         if self.comm is None:  # a world of one: the sum (and mean) of one array is the array
+            work = Work()
+        elif channel is not None:  # GPU to GPU, ordered on the current stream: done as far as the host knows
+            channel.all_reduce(array, op)
             work = Work()
         else:
             MPI = _import_mpi()
             mpi_op = {ReduceOp.MAX: MPI.MAX, ReduceOp.MIN: MPI.MIN}.get(op, MPI.SUM)
-            # MPI reads host memory: a GPU array travels through a host copy.
+            # MPI reads host memory: without NCCL a GPU array travels through a host copy.
             host = backend.to_device(array, backend.cpu)
             size = self.size
 
@@ -175,6 +193,10 @@ class ProcessGroup:
         if not 0 <= src < self.size:
             raise ValueError(f"src must be a rank in 0..{self.size - 1}, got {src}")
         if self.comm is None:
+            return
+        channel = self._gpu_channel(array)
+        if channel is not None:
+            channel.broadcast(array, src)
             return
         host = backend.to_device(array, backend.cpu)
         self.comm.Bcast(host, root=src)

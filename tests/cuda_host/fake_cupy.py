@@ -79,6 +79,13 @@ class _Device:
         self.id = index
 
 
+class _Memory:
+    """``cupy.cuda.MemoryPointer``, as far as ``.ptr`` goes."""
+
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+
 class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
     """A device array: a NumPy array inside, reachable only through CuPy-like operations.
 
@@ -106,6 +113,8 @@ class ndarray(np.lib.mixins.NDArrayOperatorsMixin):
     flags = property(lambda self: self._a.flags)
     T = property(lambda self: ndarray(self._a.T))
     device = property(lambda self: _Device(0))
+    # ``a.data.ptr``: the address of the first element, what CuPy hands to libraries such as NCCL.
+    data = property(lambda self: _Memory(self._a.ctypes.data))
 
     def __len__(self) -> int:
         return len(self._a)
@@ -328,6 +337,8 @@ class _DeviceHandle:
 
 
 class _Stream:
+    ptr = 0  # the handle CuPy passes to libraries; 0 is CUDA's default stream
+
     def synchronize(self) -> None:
         pass
 
@@ -366,6 +377,7 @@ class _Cuda:
         self.Stream = _Stream
         self.Event = _Event
         self.runtime = _Runtime()
+        self.nccl = None  # like a CuPy built without NCCL; tests/cuda_host/test_nccl.py puts one in
         self._stream = _Stream()
 
     def get_current_stream(self) -> _Stream:
