@@ -115,6 +115,7 @@ def data_parallel_step(args: argparse.Namespace) -> dict:
     """One DistributedDataParallel step, rank r on cuda:r; the ranks must end with equal weights."""
     from minires import backend, models
     from minires import distributed as dist
+    from minires.distributed.nccl import nccl_module
     from minires.nn import functional as F
     from minires.optim import SGD
     from minires.tensor import Tensor
@@ -138,7 +139,9 @@ def data_parallel_step(args: argparse.Namespace) -> dict:
     dist.all_reduce(checksum, op="max")
     dist.all_reduce(spread, op="min")
     result = {"rank": rank, "world": world, "loss": float(loss.item()), "step_seconds": time.perf_counter() - start,
-              "ranks_agree": bool(checksum[0] == spread[0])}
+              "ranks_agree": bool(checksum[0] == spread[0]),
+              # GPU to GPU through NCCL, or (a CuPy without NCCL) through host copies and MPI.
+              "gradients_via": "nccl" if nccl_module() is not None else "mpi (host copies)"}
     dist.destroy_process_group()
     return result
 
