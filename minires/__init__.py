@@ -14,8 +14,8 @@ The layers, from the bottom up; each imports only layers above it in this list::
     models       residual/plain blocks, the CIFAR and ImageNet ResNet families
     data         CIFAR-10: download and verify, decode, cache, augment, batch
     diagnostics  gradient norms, plain-versus-residual comparisons, plots
-    train        the training step, the Trainer, recipes, checkpoints
-    distributed  data parallel over MPI
+    distributed  data parallel over MPI: process group, DistributedDataParallel, sampler, SyncBatchNorm
+    train        the training step, the Trainer (one process or one rank of many), recipes, checkpoints
     cli          the ``minires`` command
 
 One cycle is deliberate: ``tensor`` and ``ops`` need each other. A Tensor's
@@ -30,7 +30,10 @@ parameters and multiply-accumulates; ``minires.use_kernels("reference")``
 runs a block of code on the reference kernels.
 """
 
-# ruff: noqa: I001  (the order matters: tensor first, see "One cycle" above)
+# ruff: noqa: I001, E402  (the order matters: thread limits before NumPy loads, then tensor, see "One cycle" above)
+from . import process_threads
+
+process_threads.limit_threads_if_launched()  # under mpiexec -n N: cores / N threads each, set before NumPy starts
 from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad, tensor
 from . import backend
 from .backend import Device, default_device, device, get_array_module

@@ -258,6 +258,15 @@ class Device:
             return False
         return (self.index or 0) < _cupy_state["module"].cuda.runtime.getDeviceCount()
 
+    def synchronize(self) -> None:
+        """Wait until the work queued on this device is done (nothing to wait for on the CPU).
+
+        GPU kernels run asynchronously: read a clock only after this, or it
+        measures how fast the work was queued, not how fast it ran.
+        """
+        if self.type == "cuda":
+            _cupy().cuda.Device(self.index or 0).synchronize()
+
     def __str__(self) -> str:
         if self.type == "cpu":
             return "cpu"

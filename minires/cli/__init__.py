@@ -16,6 +16,7 @@ checkpoint); 130 interrupted by Ctrl-C (after saving a checkpoint).
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .. import __version__
 from . import compare, gradflow, info, train
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's arguments), run the command; returns its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` runs it again under mpiexec
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

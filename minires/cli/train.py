@@ -2,6 +2,7 @@
 
 Every usage error (unknown model, impossible batch size, unusable ``--out``,
 a checkpoint of another run) is reported before the data is loaded.
+Data-parallel (``mpiexec -n N minires train ...`` or ``--nproc N``): see :mod:`.data_parallel`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from .. import backend
 from ..data import CIFARError
+from ..distributed import launched_world_size, per_rank_batch_size
 from ..train import (
     RUN_DEFINING,
     CheckpointError,
@@ -24,13 +26,15 @@ from ..train import (
     read_training_state,
 )
 from ..train.recipes import names as recipe_names
-from .common import fail, integer, load_cifar, print_banner
+from .common import at_least, fail, integer, load_cifar, print_banner
+from .data_parallel import launch_nproc, nproc_mismatch, run_rank
 
 __all__ = ["add_parser", "run"]
 
 # Arguments that define a run (RUN_DEFINING) default to None so that, with
 # --resume, "not given" (take the checkpoint's) differs from "given".
-_FRESH_DEFAULTS = {"model": "resnet20", "recipe": "paper", "seed": 0, "val_split": 0, "augment": True}
+_FRESH_DEFAULTS = {"model": "resnet20", "recipe": "paper", "seed": 0, "val_split": 0, "augment": True,
+                   "sync_bn": False}
 
 
 def add_parser(subparsers) -> None:
@@ -61,7 +65,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a run already saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    p.set_defaults(func=run, augment=None)
+    p.add_argument("--nproc", type=at_least(1), metavar="N",
+                   help="data-parallel: start N processes under mpiexec, each on batch-size / N of every batch "
+                        "(needs pip install mpi4py mpich); the same as mpiexec -n N minires train ...")
+    p.add_argument("--sync-bn", dest="sync_bn", action="store_const", const=True,
+                   help="data-parallel: batch norm over the whole batch of all processes (SyncBatchNorm)")
+    p.set_defaults(func=run, augment=None, sync_bn=None)
 
 
 def _resumed_config(out: Path, given: dict) -> TrainConfig:
@@ -85,6 +94,7 @@ def _config_from_args(args: argparse.Namespace, out: Path) -> TrainConfig:
         "model": args.model, "recipe": args.recipe, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "seed": args.seed, "limit_train": args.limit_train, "limit_test": args.limit_test,
         "val_split": args.val_split, "augment": None if args.augment is None else bool(args.augment),
+        "sync_bn": args.sync_bn,
     }
     if args.resume:
         config = _resumed_config(out, given)
@@ -102,21 +112,47 @@ def _config_from_args(args: argparse.Namespace, out: Path) -> TrainConfig:
 def _print_start(trainer: Trainer, out: Path, resume: bool) -> None:
     cfg = trainer.config
     start = f"resuming at epoch {trainer.epoch + 1}, step {trainer.global_step}" if resume else "starting"
+    world = trainer.parallel.world_size
+    batch = f"batch {cfg.batch_size}" + (f" ({cfg.batch_size // world} on each of {world} processes)"
+                                         if world > 1 else "")
     print(f"run: {out} | recipe {cfg.recipe}: {cfg.epochs} epochs x {trainer.steps_per_epoch} steps, "
-          f"batch {cfg.batch_size}, lr {cfg.lr} | {start}")
+          f"{batch}, lr {cfg.lr} | {start}")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train (or resume) the run in ``--out``; returns the exit code."""
+    """Train (or resume) the run in ``--out``, here or, with ``--nproc N``, as N processes; returns the exit code."""
+    mismatch = nproc_mismatch(args.nproc)
+    if mismatch:
+        return fail("train", mismatch)
+    if args.nproc is not None and args.nproc > 1 and launched_world_size() == 1:
+        return _start_processes(args)
+    return run_rank(lambda: _train(args))
+
+
+def _start_processes(args: argparse.Namespace) -> int:
+    """``--nproc N``: check the arguments here, then run this same command line as N MPI processes."""
     try:
         out = prepare_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
         config = _config_from_args(args, out)
+        per_rank_batch_size(config.resolved().batch_size, args.nproc)
+    except (ConfigError, CheckpointError, ValueError) as exc:
+        return fail("train", str(exc))
+    argv = getattr(args, "argv", None)
+    return launch_nproc(list(sys.argv[1:] if argv is None else argv), args.nproc)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train (or resume) in this process: one process alone, or one rank of a data-parallel run."""
+    try:
+        out = prepare_out_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+        config = _config_from_args(args, out)
+        per_rank_batch_size(config.resolved().batch_size, launched_world_size())
         try:
             dev = backend.device(config.device)
         except (ValueError, backend.DeviceError) as exc:
             raise ConfigError(f"--device {config.device}: {exc}") from exc
         model = build_model(config).to(dev)
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, ValueError) as exc:
         return fail("train", str(exc))
 
     print_banner(dev, model)

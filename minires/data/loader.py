@@ -50,7 +50,7 @@ from ..tensor import Tensor
 from .transforms import CIFAR10_MEAN, CIFAR10_STD, to_float
 from .transforms import normalize as _normalize
 
-__all__ = ["DataLoader", "split_validation", "subset"]
+__all__ = ["DataLoader", "split_validation", "subset", "epoch_order"]
 
 
 # ---------------------------------------------------------------------------
@@ -125,6 +125,16 @@ def _generator(seed: int, *key: int) -> np.random.Generator:
 _ORDER_STREAM, _AUGMENT_STREAM = 0, 1
 
 
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of epoch ``epoch``: a permutation of ``0..num_examples-1`` fixed by ``(seed, epoch)``.
+
+    :class:`DataLoader` serves its examples in this order, and
+    :class:`minires.distributed.DistributedSampler` shares it out among the
+    ranks, so global batch ``b`` holds the same examples on any number of processes.
+    """
+    return _generator(int(seed), int(epoch), _ORDER_STREAM).permutation(int(num_examples))
+
+
 def _is_count(value: Any, smallest: int) -> bool:
     """Whether ``value`` is an integer ``>= smallest`` (an integral float passes, a bool does not)."""
     return not isinstance(value, bool) and int(value) == value and value >= smallest
@@ -192,6 +202,11 @@ class DataLoader:
         device: where the batches go (``"cpu"``, ``"cuda"``, a Device, ...).
         prefetch: how many batches a background thread may prepare ahead
             (0: none, everything happens in the caller's thread).
+        sampler: ``None``, or an object with ``set_epoch(e)``, ``indices()``
+            and ``rank`` choosing this process's examples of each epoch, e.g.
+            :class:`minires.distributed.DistributedSampler` (data-parallel
+            training; it then decides the order, and ``shuffle`` is ignored).
+            Each rank's augmentation gets its own random stream.
 
     Yields:
         ``images``: Tensor ``(B, C, H, W)`` float32 on ``device``;
@@ -211,6 +226,7 @@ class DataLoader:
         normalize: "bool | tuple[Sequence[float], Sequence[float]]" = True,
         device: Any = "cpu",
         prefetch: int = 0,
+        sampler: Any = None,
     ) -> None:
         _check_arguments(images, labels, batch_size, seed, prefetch, augment)
         self._mean_std = _mean_and_std(normalize, channels=int(images.shape[1]))
@@ -224,6 +240,7 @@ class DataLoader:
         self.augment = augment
         self.device = backend.device(device)
         self.prefetch = int(prefetch)
+        self.sampler = sampler
         self._epoch = 0
         self._position = 0  # batches handed out in the current epoch
         self._resume_at = 0  # where the next iter() starts (set by load_state_dict)
@@ -236,10 +253,11 @@ class DataLoader:
         return int(self.images.shape[0])
 
     def __len__(self) -> int:
-        """Batches per epoch: ``ceil(N / B)``, or ``floor(N / B)`` with ``drop_last``."""
+        """Batches per epoch: ``ceil(N / B)``, or ``floor(N / B)`` with ``drop_last`` (N: the sampler's share)."""
+        n = self.num_examples if self.sampler is None else len(self.sampler)
         if self.drop_last:
-            return self.num_examples // self.batch_size
-        return math.ceil(self.num_examples / self.batch_size)
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
 
     @property
     def epoch(self) -> int:
@@ -311,9 +329,12 @@ class DataLoader:
 
     def order(self, epoch: int) -> np.ndarray:
         """The example indices of ``epoch`` in the order they are served, ``(N,)`` int64."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(int(epoch))
+            return self.sampler.indices()
         if not self.shuffle:
             return np.arange(self.num_examples, dtype=np.int64)
-        return _generator(self.seed, int(epoch), _ORDER_STREAM).permutation(self.num_examples)
+        return epoch_order(self.num_examples, self.seed, epoch)
 
     def _device_scope(self):
         # CuPy work goes to the thread's *current* device; a prefetch thread
@@ -331,7 +352,8 @@ class DataLoader:
             images = backend.to_device(self.images[idx], self.device)
             labels = backend.to_device(self.labels[idx], self.device)
             if self.augment is not None:
-                images = self.augment(images, _generator(self.seed, epoch, _AUGMENT_STREAM, index))
+                key = (epoch, _AUGMENT_STREAM, index) + (() if self.sampler is None else (self.sampler.rank,))
+                images = self.augment(images, _generator(self.seed, *key))
             if self._mean_std is not None:
                 images = _normalize(images, *self._mean_std)
             elif images.dtype == np.uint8:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
 import shutil
 import sys
 from typing import Any, Callable
 
 from .. import backend
+from ..process_threads import launched_world_size
 from ..tensor import Tensor
 
 __all__ = [
@@ -41,9 +41,6 @@ INSTALL_HINT = 'pip install mpi4py mpich (or pip install -e ".[mpi]")'
 
 # What each MPI launcher tells its processes about the world size (MPICH/Hydra and
 # Intel MPI, Open MPI, MVAPICH). Reading it needs no MPI library at all.
-_LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-
-
 class DistributedError(RuntimeError):
     """MPI is needed but missing or broken; the message says what to install or run."""
 
@@ -55,15 +52,6 @@ class ReduceOp:
     AVG = "avg"
     MAX = "max"
     MIN = "min"
-
-
-def launched_world_size() -> int:
-    """The number of processes the launcher started (1 when not run under ``mpiexec``)."""
-    for name in _LAUNCHER_SIZE_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return 1
 
 
 def is_available() -> bool:

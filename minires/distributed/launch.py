@@ -1,14 +1,9 @@
 """Starting N processes: ``mpiexec -n N <command>``, with the cores shared out first.
 
 Each process of a data-parallel run computes a whole training step on its
-part of the batch, so N processes on C cores should each use C / N threads.
-NumPy's BLAS (OpenBLAS, MKL) and OpenMP read their thread counts from the
-environment ONCE, when NumPy is imported, and start that many worker threads,
-which spin on the cores for a while after every call. Two processes that
-each start a full-size pool fight over the cores and can run several times
-slower than one process alone. So the limits go into the environment of the
-launched processes, before any of them imports NumPy:
-:func:`limit_threads_env` computes them, :func:`launch` applies them.
+part of the batch, so N processes on C cores should each use C / N threads,
+set in their environment before they import NumPy (why:
+:mod:`minires.process_threads`). :func:`launch` puts them there.
 
 The ``minires train --nproc N`` command re-executes itself through
 :func:`launch`.
@@ -23,35 +18,10 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .comm import INSTALL_HINT, DistributedError, is_available, launched_world_size
+from ..process_threads import THREAD_VARIABLES, launched_world_size, limit_threads_env, usable_cores
+from .comm import INSTALL_HINT, DistributedError, is_available
 
 __all__ = ["THREAD_VARIABLES", "usable_cores", "limit_threads_env", "find_mpiexec", "launch"]
-
-# Read at start-up by OpenBLAS, OpenMP, MKL, Apple's Accelerate, numexpr, and minires' kernel pool.
-THREAD_VARIABLES = (
-    "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS", "MINIRES_NUM_THREADS",
-)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, where the OS tells)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def limit_threads_env(nproc: int, cores: int | None = None) -> dict[str, str]:
-    """The environment variables that give each of ``nproc`` processes ``cores // nproc`` threads (at least 1).
-
-    >>> limit_threads_env(2, cores=8)["OPENBLAS_NUM_THREADS"]
-    '4'
-    """
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-        raise ValueError(f"nproc must be a positive integer, got {nproc!r}")
-    threads = max(1, (cores or usable_cores()) // nproc)
-    return {name: str(threads) for name in THREAD_VARIABLES}
-
 
 def find_mpiexec() -> str | None:
     """The ``mpiexec`` to use: the one installed next to this Python (a virtualenv's), else the first on PATH.

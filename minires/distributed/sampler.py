@@ -5,7 +5,8 @@ ranks every rank must draw the SAME order (the same seeded permutation), and
 then take its own share of it, so that together they visit every example
 once and no two ranks take the same one::
 
-    order = permutation(N)           # seed + epoch: the same on every rank
+    order = permutation(N)           # seed + epoch: the same on every rank (and the
+                                     # order of a one-process DataLoader with that seed)
     pad order to T = W * ceil(N / W) # repeat its first T - N entries
                                      # (or, with drop_last, cut it to W * floor(N / W))
     rank r takes order[r], order[r + W], order[r + 2W], ...   (order[r::W])
@@ -28,6 +29,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..data.loader import epoch_order
 from .comm import get_rank, get_world_size
 
 __all__ = ["DistributedSampler", "per_rank_batch_size"]
@@ -82,7 +84,7 @@ class DistributedSampler:
     def indices(self) -> np.ndarray:
         """This rank's indices for the current epoch, ``(num_samples,)`` int64."""
         if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.dataset_len)
+            order = epoch_order(self.dataset_len, self.seed, self.epoch)
         else:
             order = np.arange(self.dataset_len)
         if self.total_size > len(order):  # pad with the start of the order, repeated if need be

@@ -19,7 +19,7 @@ CIFAR10_TRAIN_SIZE = 50000
 # Changing any of these changes the trained parameters, so a resumed run must keep them.
 RUN_DEFINING = (
     "model", "model_kwargs", "recipe", "epochs", "batch_size", "lr", "seed",
-    "limit_train", "limit_test", "val_split", "augment",
+    "limit_train", "limit_test", "val_split", "augment", "sync_bn",
 )
 
 
@@ -61,6 +61,9 @@ class TrainConfig:
         val_split: hold out this many random training images for validation
             (the paper uses 5000); 0 for none.
         augment: random crop with 4-pixel padding and horizontal flips.
+        sync_bn: on more than one process, batch norm uses the statistics of
+            the whole global batch (:class:`minires.distributed.SyncBatchNorm`)
+            instead of each rank's part; no effect on one process.
         grad_norms: every N steps, log per-layer gradient norms (0: never).
         eval_batch_size: batch size for evaluation (memory, not results).
         prefetch: batches prepared ahead on a background thread.
@@ -79,6 +82,7 @@ class TrainConfig:
     limit_test: int | None = None
     val_split: int = 0
     augment: bool = True
+    sync_bn: bool = False
     grad_norms: int = 0
     eval_batch_size: int = 256
     prefetch: int = 1

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..nn import functional as F
 from ..tensor import Tensor, no_grad
 
-__all__ = ["train_step", "evaluate"]
+__all__ = ["train_step", "evaluate", "evaluate_sums"]
 
 
 def train_step(
@@ -54,6 +54,18 @@ def evaluate(model: Any, loader: Any) -> tuple[float, float]:
     Returns:
         ``(loss, accuracy)``, Python floats; accuracy in [0, 1].
     """
+    loss_sum, correct, seen = evaluate_sums(model, loader)
+    if seen == 0:
+        raise ValueError("evaluate: the loader produced no examples")
+    return loss_sum / seen, correct / seen
+
+
+def evaluate_sums(model: Any, loader: Any) -> tuple[float, int, int]:
+    """``(sum of the losses, correct predictions, examples)`` over ``loader``, as :func:`evaluate` counts them.
+
+    Sums, not averages, because sums from several processes (each with its
+    share of the test set) add up to the sums over the whole set.
+    """
     was_training = model.training
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
@@ -67,6 +79,4 @@ def evaluate(model: Any, loader: Any) -> tuple[float, float]:
                 seen += labels.shape[0]
     finally:
         model.train(was_training)
-    if seen == 0:
-        raise ValueError("evaluate: the loader produced no examples")
-    return loss_sum / seen, correct / seen
+    return loss_sum, correct, seen

@@ -14,6 +14,10 @@ Ctrl-C finishes the step and saves first (:mod:`.interrupt`); a NaN or
 infinite loss stops the run without saving (:mod:`.divergence`). On the CPU
 backend two runs with the same configuration and seed produce bit-identical
 parameters (same machine, same NumPy/BLAS).
+
+Started by ``mpiexec -n W``, every rank runs this same loop on its share of
+each global batch; :mod:`.distributed` holds what differs (sharded data, the
+DistributedDataParallel wrapper, sums over the ranks, rank 0 alone writing).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from . import recipes
 from .callbacks import Callback
 from .checkpoint import save_checkpoint as write_checkpoint_file
 from .config import ConfigError, TrainConfig, build_model
+from .distributed import DataParallel
 from .divergence import LossWatch, non_finite_arrays, weights_diverged
 from .interrupt import StopRequest
 from .metrics import log_grad_norms, metric_columns, trim_grad_norm_log, write_metrics
@@ -42,7 +47,7 @@ from .resume import check_same_run, load_into, read_training_state
 from .run_dir import CHECKPOINT_NAME, GRAD_NORMS_NAME, prepare_out_dir, start_run_dir, write_config
 from .speed import cpu_step_context
 from .state import EpochProgress, TrainingState
-from .step import evaluate, train_step
+from .step import train_step
 
 __all__ = ["Trainer"]
 
@@ -87,8 +92,10 @@ class Trainer:
         stream: TextIO | None = None,
     ) -> None:
         self.config = config.resolved()
+        self.parallel = DataParallel()
         self.out_dir = prepare_out_dir(out_dir, resume=resume, overwrite=overwrite)
-        self.report = Reporter(stream, verbose, progress)
+        main = self.parallel.is_main  # only rank 0 prints
+        self.report = Reporter(stream, verbose and main, progress if main else False)
         self.callbacks = list(callbacks)
         try:
             self.device = backend.device(self.config.device)
@@ -116,8 +123,10 @@ class Trainer:
         if saved is not None:
             self._restore(saved)
         else:
-            start_run_dir(self.out_dir, overwrite)
-            write_config(self.out_dir, self.config)
+            self.parallel.barrier()  # every rank has checked out_dir before rank 0 changes it
+            if self.parallel.is_main:
+                start_run_dir(self.out_dir, overwrite)
+                write_config(self.out_dir, self.config)
 
     # -- building ------------------------------------------------------------------
 
@@ -131,17 +140,19 @@ class Trainer:
             train_images, train_labels, val_images, val_labels = split_validation(
                 train_images, train_labels, n_val=cfg.val_split, seed=cfg.seed
             )
-            self.val_loader = self._eval_loader(val_images, val_labels)
+            self.val_loader = self._eval_loader(*self.parallel.shard(val_images, val_labels))
         train_images, train_labels = subset(train_images, train_labels, cfg.limit_train)
         test_images, test_labels = data.test_images, data.test_labels
         if cfg.limit_test is not None and cfg.limit_test > test_images.shape[0]:
             raise ConfigError(f"limit_test={cfg.limit_test} is more than the {test_images.shape[0]} test images")
         test_images, test_labels = subset(test_images, test_labels, cfg.limit_test)
+        # On W processes each rank takes batch_size / W of every global batch (its sampler's share).
         self.train_loader = DataLoader(
-            train_images, train_labels, batch_size=cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-            augment=standard_augment if cfg.augment else None, device=self.device, prefetch=cfg.prefetch,
+            train_images, train_labels, batch_size=self.parallel.per_rank_batch(cfg.batch_size), shuffle=True,
+            drop_last=True, seed=cfg.seed, augment=standard_augment if cfg.augment else None, device=self.device,
+            prefetch=cfg.prefetch, sampler=self.parallel.sampler(int(train_images.shape[0]), cfg.seed),
         )
-        self.test_loader = self._eval_loader(test_images, test_labels)
+        self.test_loader = self._eval_loader(*self.parallel.shard(test_images, test_labels))
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
@@ -150,12 +161,13 @@ class Trainer:
                           drop_last=False, seed=0, augment=None, device=self.device, prefetch=0)
 
     def _build_model(self, model: Any) -> None:
-        """The model on the device, the recipe's optimiser and its per-iteration lr schedule."""
-        self.model = (model if model is not None else build_model(self.config)).to(self.device)
+        """The model on its device (wrapped when data-parallel), the recipe's optimiser and its lr schedule."""
+        net = (model if model is not None else build_model(self.config)).to(self.device)
+        self.model = self.parallel.wrap(net, self.config.sync_bn)
         self.model.train()
         self.optimizer = recipes.build_optimizer(self.model, self.recipe, self.config.lr)
         self.scheduler = recipes.build_schedule(
-            self.optimizer, self.recipe, self.total_steps, recipes.model_depth(self.model)
+            self.optimizer, self.recipe, self.total_steps, recipes.model_depth(self.parallel.unwrap(self.model))
         )
 
     @property
@@ -166,15 +178,19 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------
 
     def training_state(self) -> TrainingState:
-        """Everything the checkpoint holds, now (host copies of the arrays)."""
-        loader_rng = self.train_loader.state_dict()
+        """Everything the checkpoint holds, now (host copies of the arrays); global over the ranks.
+
+        Data-parallel, every rank must call it (the epoch's sums are added up over the ranks).
+        """
+        loader_rng = self.parallel.global_loader_state(self.train_loader.state_dict())
         # The trainer's own counters say where the run is; the loader's epoch
         # counter runs ahead once an epoch's batches are exhausted.
         loader_rng["epoch"] = self.epoch
         loader_rng["batch"] = 0 if self.epoch_progress is None else self.epoch_progress.batch
         return TrainingState(
             config=self.config, epoch=self.epoch, global_step=self.global_step, total_steps=self.total_steps,
-            steps_per_epoch=self.steps_per_epoch, finished=self.finished, partial_epoch=self.epoch_progress,
+            steps_per_epoch=self.steps_per_epoch, finished=self.finished,
+            partial_epoch=None if self.epoch_progress is None else self.parallel.global_progress(self.epoch_progress),
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), loader_rng=loader_rng,
             init_rng=init.default_generator().bit_generator.state, metrics=list(self.metrics),
@@ -186,20 +202,24 @@ class Trainer:
         Raises :class:`TrainingDiverged`, and writes nothing, if a training
         loss or any weight or momentum buffer is NaN or infinite: the
         checkpoint already on disk is worth more than a ruined one.
+        Data-parallel: every rank calls it, rank 0 writes, and nobody returns
+        before the file is in place.
         """
         self.loss_watch.check()
         state = self.training_state()
         bad = non_finite_arrays(state.model, state.optimizer)
-        if bad:
+        if self.parallel.any(bool(bad)):
             if self.epoch_progress is not None:
                 epoch, batch = self.epoch + 1, self.epoch_progress.batch
             else:
                 epoch, batch = self.epoch, self.steps_per_epoch
             raise weights_diverged(bad, epoch=epoch, batch=batch, step=self.global_step,
                                    advice=self._divergence_advice())
-        path = write_checkpoint_file(self.checkpoint_path, state.to_dict())
+        if self.parallel.is_main:
+            write_checkpoint_file(self.checkpoint_path, state.to_dict())
+        self.parallel.barrier()
         self._saved_step = self.global_step
-        return path
+        return self.checkpoint_path
 
     def _kept_checkpoint(self) -> str:
         """What the checkpoint on disk holds, for messages about a checkpoint NOT written."""
@@ -212,18 +232,25 @@ class Trainer:
                 f"Train again with a lower learning rate than lr={self.config.lr:g} (--lr).")
 
     def _restore(self, state: TrainingState) -> None:
-        """Continue from ``state`` (read from this run's checkpoint)."""
+        """Continue from ``state`` (read from this run's checkpoint, by any number of processes).
+
+        The checkpoint is global (batch size, position in global batches, the
+        epoch's sums over all ranks), so it resumes on another number of
+        processes too; see :mod:`.distributed` for what then stays the same.
+        """
         check_same_run(state, self.config, self.steps_per_epoch, self.checkpoint_path)
+        state.loader_rng = self.parallel.local_loader_state(state.loader_rng)
         load_into(state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                   train_loader=self.train_loader, path=self.checkpoint_path)
         self.epoch, self.global_step, self.finished = state.epoch, state.global_step, state.finished
         self._saved_step = self.global_step
-        self.epoch_progress = state.partial_epoch
+        self.epoch_progress = self.parallel.local_progress(state.partial_epoch)
         self.metrics = list(state.metrics)
         self._last_lr = float(self.optimizer.param_groups[0]["lr"])
-        # Lines logged after the checkpoint belong to steps that will run again.
-        trim_grad_norm_log(self.out_dir / GRAD_NORMS_NAME, self.global_step)
-        write_metrics(self.out_dir, self.metrics, self.columns)
+        if self.parallel.is_main:
+            # Lines logged after the checkpoint belong to steps that will run again.
+            trim_grad_norm_log(self.out_dir / GRAD_NORMS_NAME, self.global_step)
+            write_metrics(self.out_dir, self.metrics, self.columns)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -246,7 +273,7 @@ class Trainer:
                     row = self._run_epoch()
                     epochs_bar.update(1)
                     epochs_bar.set_postfix(test_acc=f"{row['test_acc']:.3f}")
-                    if self._stop.requested:
+                    if self.parallel.any(self._stop.requested):
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
             self._on_interrupt()
@@ -281,7 +308,8 @@ class Trainer:
         # epoch's row must not reach the metrics files either. (A crash between
         # the two is harmless: resuming rewrites the metrics from the checkpoint.)
         self.save_checkpoint()
-        write_metrics(self.out_dir, self.metrics, self.columns)
+        if self.parallel.is_main:
+            write_metrics(self.out_dir, self.metrics, self.columns)
         if self.report.verbose:
             self.report.say(epoch_line(row, self.config.epochs))
         for callback in self.callbacks:
@@ -309,14 +337,19 @@ class Trainer:
                 progress.add_batch(loss, logits, labels)
                 progress.train_seconds = seconds_before + time.perf_counter() - start
                 self._in_step = False
-                self.loss_watch.add(self.epoch + 1, progress.batch, self.global_step, loss.data)
+                # Data-parallel: the global batch's loss, and a stop if any rank was asked to.
+                checked_loss, stop = self.parallel.step_outcome(loss.data, self._stop.requested)
+                self.loss_watch.add(self.epoch + 1, progress.batch, self.global_step, checked_loss)
                 self._update_bar(bar, progress)
                 for callback in self.callbacks:
                     callback.on_step_end(self)
-                if self._stop.requested:
+                if stop:
                     raise KeyboardInterrupt
         finally:
             bar.close()
+        # The last steps' GPU kernels may still be running: wait before the epoch's time is final.
+        self.device.synchronize()
+        progress.train_seconds = seconds_before + time.perf_counter() - start
         return progress
 
     def _update_bar(self, bar: Any, progress: EpochProgress) -> None:
@@ -328,13 +361,18 @@ class Trainer:
             bar.set_postfix(loss=f"{mean_loss:.3f}", acc=f"{acc:.3f}", lr=f"{self._last_lr:.3g}", img_s=f"{speed:.0f}")
 
     def _metrics_row(self, progress: EpochProgress) -> dict[str, Any]:
-        """The epoch's row of metrics.jsonl: training averages, then validation and test evaluations."""
+        """The epoch's row of metrics.jsonl: training averages, then validation and test evaluations.
+
+        Data-parallel: sums over all ranks; each rank evaluates its shard with rank 0's running statistics.
+        """
+        progress = self.parallel.global_progress(progress)
         train_loss, train_acc = progress.averages()
+        self.parallel.sync_buffers(self.model)
         row: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.global_step, "lr": self._last_lr,
                                "train_loss": train_loss, "train_acc": train_acc}
         if self.val_loader is not None:
-            row["val_loss"], row["val_acc"] = evaluate(self.model, self.val_loader)
-        row["test_loss"], row["test_acc"] = evaluate(self.model, self.test_loader)
+            row["val_loss"], row["val_acc"] = self.parallel.evaluate(self.model, self.val_loader)
+        row["test_loss"], row["test_acc"] = self.parallel.evaluate(self.model, self.test_loader)
         seconds = progress.train_seconds
         row["images_per_sec"] = progress.seen / seconds if seconds > 0 else math.nan
         row["epoch_seconds"] = seconds
@@ -353,9 +391,15 @@ class Trainer:
         return loss, logits
 
     def _log_grad_norms(self, epoch: int, loss_tensor: Tensor) -> None:
-        """Log (and print, when verbose) every layer's gradient norm for the step in progress."""
+        """Log (and print, when verbose) every layer's gradient norm for the step in progress.
+
+        Data-parallel: rank 0 alone, with the averaged gradients (the same on every rank) and its own loss.
+        """
+        if not self.parallel.is_main:
+            return
         step, loss = self.global_step + 1, float(loss_tensor.item())
-        rows = log_grad_norms(self.out_dir / GRAD_NORMS_NAME, self.model, step=step, epoch=epoch + 1,
+        net = self.parallel.unwrap(self.model)
+        rows = log_grad_norms(self.out_dir / GRAD_NORMS_NAME, net, step=step, epoch=epoch + 1,
                               lr=self._last_lr, loss=loss)
         if self.report.verbose:
             print_table(rows, title=f"gradient norms at step {step} (epoch {epoch + 1}, loss {loss:.4f})",

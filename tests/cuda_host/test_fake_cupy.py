@@ -344,3 +344,11 @@ def test_dataloader_batches_on_the_fake_gpu_equal_the_cpu_batches(gpu, rng, pref
         assert xg.device.type == "cuda" and yg.device.type == "cuda"
         np.testing.assert_allclose(to_host(xg.data), xc.numpy(), rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(to_host(yg.data), yc.numpy())
+
+
+def test_device_synchronize_waits_for_the_gpu_and_is_free_on_the_cpu(gpu, monkeypatch):
+    waited = []
+    monkeypatch.setattr(type(gpu.cuda.Device(0)), "synchronize", lambda self: waited.append(self.id))
+    backend.device("cuda").synchronize()
+    backend.device("cpu").synchronize()
+    assert waited == [0]

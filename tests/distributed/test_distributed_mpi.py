@@ -7,48 +7,23 @@ the reason) only when mpi4py or mpiexec is not installed.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from mpi_run import MPIEXEC, environment, needs_mpi, run
 
-from minires.distributed import is_available
-from minires.distributed.launch import THREAD_VARIABLES, find_mpiexec, launch, usable_cores
+from minires.distributed.launch import THREAD_VARIABLES, launch, usable_cores
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-SCRIPT = HERE / "mpi_checks.py"
-MPIEXEC = find_mpiexec()
-TIMEOUT_SECONDS = 120
+SCRIPT = Path(__file__).resolve().parent / "mpi_checks.py"
 
-pytestmark = pytest.mark.skipif(
-    not is_available() or MPIEXEC is None,
-    reason="needs mpi4py and an mpiexec: pip install mpi4py mpich (or pip install -e '.[mpi]')",
-)
+pytestmark = needs_mpi
 
 
-def _environment() -> dict:
-    """This environment, one BLAS/kernel thread per rank, minires importable, not itself under mpiexec."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MV2_", "HYDRA_"))}
-    env.update({name: "1" for name in THREAD_VARIABLES})
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
-
-
-def run_two_processes(command: list) -> subprocess.CompletedProcess:
+def run_two_processes(command: list):
     """``mpiexec -n 2 <command>``; on timeout the whole process group (mpiexec and its ranks) is killed."""
-    proc = subprocess.Popen([MPIEXEC, "-n", "2", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=_environment(), cwd=REPO, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the group this test started (start_new_session)
-        out, err = proc.communicate()
-        pytest.fail(f"mpiexec -n 2 {' '.join(command)} did not finish in {TIMEOUT_SECONDS} s\n{out}\n{err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run(2, command)
 
 
 @pytest.mark.parametrize("check", [
@@ -83,5 +58,19 @@ def test_launch_runs_nproc_processes_with_thread_limits():
     code = ("import os, minires.distributed as d\n"
             "assert d.get_world_size() == 2, d.get_world_size()\n"
             f"assert os.environ['OPENBLAS_NUM_THREADS'] == os.environ['MINIRES_NUM_THREADS'] == {threads!r}\n")
-    env = {k: v for k, v in _environment().items() if k not in THREAD_VARIABLES}
+    env = {k: v for k, v in environment().items() if k not in THREAD_VARIABLES}
     assert launch([sys.executable, "-c", code], nproc=2, env=env) == 0
+
+
+def test_ranks_started_by_mpiexec_directly_limit_their_threads_before_numpy_loads():
+    """``mpiexec -n 2 python -c 'import minires'``: no limits in the environment, yet each rank's BLAS has cores / 2."""
+    threads = max(1, usable_cores() // 2)
+    code = ("import os, minires, threadpoolctl\n"
+            f"assert os.environ['MINIRES_NUM_THREADS'] == '{threads}', os.environ['MINIRES_NUM_THREADS']\n"
+            "blas = [p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']\n"
+            f"assert blas and all(n == {threads} for n in blas), blas\n"
+            "print('limited', flush=True)\n")
+    env = {k: v for k, v in environment().items() if k not in THREAD_VARIABLES}
+    result = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and result.stdout.count("limited") == 2, result.stdout + result.stderr

@@ -7,18 +7,20 @@ import csv
 import json
 import math
 import signal
+import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from data.synthetic_cifar import write_synthetic_cifar
 
-from minires import models
+from minires import backend, models
 from minires.data import load_cifar10
 from minires.diagnostics import read_jsonl
 from minires.optim import SGD
 from minires.tensor import Tensor
 from minires.train import Callback, ConfigError, TrainConfig, Trainer, TrainingDiverged, metric_columns, recipes
+from minires.train import trainer as trainer_module
 from minires.train.checkpoint import CheckpointError, load_checkpoint
 
 TINY = {"model": "resnet_cifar", "model_kwargs": {"depth": 8, "width": 4}, "device": "cpu"}
@@ -606,3 +608,22 @@ def test_non_finite_weights_are_not_saved_even_when_every_loss_was_finite(tmp_pa
     assert "keeps the state after step 4" in str(err)
     assert (tmp_path / "checkpoint.npz").read_bytes() == poison.saved_bytes
     assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 1  # the ruined epoch's row is not logged
+
+
+def test_epoch_time_is_read_after_the_device_finished(tmp_path, cifar_files, monkeypatch):
+    """GPU kernels run asynchronously: each epoch's time is final only after a device synchronisation."""
+    events = []
+    real_counter = time.perf_counter
+
+    def counter():
+        events.append("clock")
+        return real_counter()
+
+    monkeypatch.setattr(backend.Device, "synchronize", lambda self: events.append("sync"))
+    monkeypatch.setattr(trainer_module.time, "perf_counter", counter)
+    rows = quiet_trainer(tiny_config(epochs=2), cifar_files, tmp_path).fit()
+    assert events.count("sync") == 2, events
+    # Within each epoch, the synchronisation comes before the clock that fixes its time.
+    for i in (i for i, e in enumerate(events) if e == "sync"):
+        assert events[i + 1] == "clock", events
+    assert all(r["epoch_seconds"] > 0 for r in rows)
