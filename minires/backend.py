@@ -310,6 +310,13 @@ def device(spec: "str | Device | None" = None) -> Device:
     return dev
 
 
+def cuda_device_count() -> int:
+    """How many CUDA devices this process can use (0 when CuPy or the driver is not usable)."""
+    if not cupy_available():
+        return 0
+    return int(_cupy_state["module"].cuda.runtime.getDeviceCount())
+
+
 def default_device() -> Device:
     """The device chosen by ``MINIRES_DEVICE`` (cpu | cuda | cuda:N | auto; default auto)."""
     choice = os.environ.get("MINIRES_DEVICE", "auto").strip().lower() or "auto"

@@ -25,6 +25,7 @@ from ..train import (
     prepare_out_dir,
     read_training_state,
 )
+from ..train.distributed import DataParallel
 from ..train.recipes import names as recipe_names
 from .common import at_least, fail, integer, load_cifar, print_banner
 from .data_parallel import launch_nproc, nproc_mismatch, run_rank
@@ -148,7 +149,7 @@ def _train(args: argparse.Namespace) -> int:
         config = _config_from_args(args, out)
         per_rank_batch_size(config.resolved().batch_size, launched_world_size())
         try:
-            dev = backend.device(config.device)
+            dev = DataParallel().device(config.device)  # on N processes: one GPU per rank
         except (ValueError, backend.DeviceError) as exc:
             raise ConfigError(f"--device {config.device}: {exc}") from exc
         model = build_model(config).to(dev)

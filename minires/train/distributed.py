@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import backend
 from .. import distributed as dist
 from .config import ConfigError
 from .state import EpochProgress
@@ -56,6 +57,21 @@ class DataParallel:
     def is_main(self) -> bool:
         """Rank 0: the one that prints and writes files."""
         return self.rank == 0
+
+    # -- the device --------------------------------------------------------------------
+
+    def device(self, spec: Any) -> backend.Device:
+        """The device this rank trains on: ``spec`` parsed, and on W processes one GPU per rank.
+
+        ``"cuda"`` or ``"auto"`` (no index given) on W processes means rank r
+        takes ``cuda:(r mod G)`` of the G GPUs, the paper's one GPU per
+        worker; an explicit ``cuda:N`` is obeyed as given.
+        """
+        dev = backend.device(spec)
+        explicit = isinstance(spec, backend.Device) or (isinstance(spec, str) and ":" in spec)
+        if self.world_size == 1 or dev.type != "cuda" or explicit:
+            return dev
+        return backend.device(f"cuda:{self.rank % backend.cuda_device_count()}")
 
     # -- data --------------------------------------------------------------------------
 

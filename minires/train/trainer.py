@@ -98,7 +98,7 @@ class Trainer:
         self.report = Reporter(stream, verbose and main, progress if main else False)
         self.callbacks = list(callbacks)
         try:
-            self.device = backend.device(self.config.device)
+            self.device = self.parallel.device(self.config.device)
         except (ValueError, backend.DeviceError) as exc:
             raise ConfigError(str(exc)) from exc
         self.recipe = recipes.get_recipe(self.config.recipe)
