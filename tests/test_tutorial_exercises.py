@@ -135,6 +135,47 @@ class MyBasicBlock(BasicBlock):
         return self.relu(self.bn2(self.conv2(out)) + x)  # x instead of the shortcut s(x)
 ''', "raised"),
     ],
+    "07_data_parallel": [
+        ("sync_bn_backward", '''
+def sync_bn_backward(g_shards, xhat_shards, gamma, s, all_reduce):
+    axes = (0, 2, 3)
+    dx = []
+    for g, xhat in zip(g_shards, xhat_shards):  # every rank alone: plain batch norm with local sums and count
+        m = g.size // g.shape[1]
+        dbeta, dgamma = g.sum(axis=axes, keepdims=True), (g * xhat).sum(axis=axes, keepdims=True)
+        dx.append(gamma.reshape(1, -1, 1, 1) * s / m * (m * g - dbeta - xhat * dgamma))
+    all_reduce([np.zeros(1) for _ in g_shards])
+    return dx
+''', "dx of rank 0 from sync_bn_backward is wrong"),
+        ("sync_bn_backward", '''
+def sync_bn_backward(g_shards, xhat_shards, gamma, s, all_reduce):
+    axes, c = (0, 2, 3), gamma.shape[0]
+    totals = all_reduce([np.concatenate([g.sum(axis=axes), (g * xhat).sum(axis=axes)])
+                         for g, xhat in zip(g_shards, xhat_shards)])
+    dx = []
+    for g, xhat, t in zip(g_shards, xhat_shards, totals):
+        m = g.size // c  # the rank's own count instead of the global M
+        dx.append(gamma.reshape(1, -1, 1, 1) * s / m
+                  * (m * g - t[:c].reshape(1, -1, 1, 1) - xhat * t[c:].reshape(1, -1, 1, 1)))
+    return dx
+''', "count M"),
+        ("sync_bn_backward", '''
+def sync_bn_backward(g_shards, xhat_shards, gamma, s, all_reduce):
+    g, xhat = np.concatenate(g_shards), np.concatenate(xhat_shards)  # reads every rank's data: not allowed
+    m = g.size // g.shape[1]
+    dbeta, dgamma = g.sum(axis=(0, 2, 3), keepdims=True), (g * xhat).sum(axis=(0, 2, 3), keepdims=True)
+    dx = gamma.reshape(1, -1, 1, 1) * s / m * (m * g - dbeta - xhat * dgamma)
+    return np.split(dx, np.cumsum([len(a) for a in g_shards])[:-1])
+''', "never called all_reduce"),
+        ("sync_bn_backward", '''
+def sync_bn_backward(g_shards, xhat_shards, gamma, s, all_reduce):
+    g, xhat = np.concatenate(g_shards), np.concatenate(xhat_shards)
+    m = g.size // g.shape[1]
+    dbeta, dgamma = g.sum(axis=(0, 2, 3), keepdims=True), (g * xhat).sum(axis=(0, 2, 3), keepdims=True)
+    all_reduce([np.zeros(1) for _ in g_shards])
+    return gamma.reshape(1, -1, 1, 1) * s / m * (m * g - dbeta - xhat * dgamma)  # one array, not one per rank
+''', "one dx per rank"),
+    ],
 }
 
 

@@ -18,7 +18,7 @@ Usage, from the repository root::
                                               # to /tmp/solved (never over the committed notebook)
 
 Set ``MINIRES_DATA`` to the directory containing ``cifar-10-batches-py/`` first:
-notebooks 5 and 6 fall back to synthetic data without it.
+notebooks 5, 6 and 7 fall back to synthetic data without it.
 
 What an execution records, in the notebook's metadata under ``"minires"``:
 

@@ -47,7 +47,7 @@ from .comm import ProcessGroup, ReduceOp, new_group
 __all__ = ["DistributedDataParallel", "DEFAULT_BUCKET_CAP_MB"]
 
 # PyTorch's default is 25 MB, more than the 1.1 MB of all ResNet-20's gradients: one
-# bucket, sent after backward, so nothing would overlap. A quarter MB gives it five.
+# bucket, sent after backward, so nothing would overlap. A quarter MB gives it four.
 DEFAULT_BUCKET_CAP_MB = 0.25
 
 
