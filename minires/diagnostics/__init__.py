@@ -16,12 +16,22 @@ Nothing here trains a model: the training code imports diagnostics, never
 the other way round.
 """
 
-from .grad_norms import GradNormRow, format_table, grad_norm_rows, print_table, read_jsonl, rows_to_records
+from .grad_norms import (
+    GradNormRow,
+    format_table,
+    grad_norm_rows,
+    print_table,
+    read_jsonl,
+    rows_to_records,
+    weights_before_update,
+    with_updates,
+)
 from .monitor import GradientHistory, GradientMonitor, MonitorCallback, load_history, save_history
 from .sweep import SweepResult, SweepRow, depth_sweep, without_batch_norm
 
 __all__ = [
-    "GradNormRow", "grad_norm_rows", "format_table", "print_table", "rows_to_records", "read_jsonl",
+    "GradNormRow", "grad_norm_rows", "weights_before_update", "with_updates", "format_table", "print_table",
+    "rows_to_records", "read_jsonl",
     "GradientMonitor", "GradientHistory", "MonitorCallback", "save_history", "load_history",
     "depth_sweep", "SweepResult", "SweepRow", "without_batch_norm",
 ]

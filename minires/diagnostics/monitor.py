@@ -32,6 +32,7 @@ Typical use::
         optimizer.zero_grad(); loss.backward()
         monitor.record(step, loss=loss.item())   # before or after optimizer.step()
         optimizer.step()
+        monitor.record_update()                  # optional: ||dW|| of this step, for ||dW|| / ||W||
     monitor.detach()                             # every hook removed
     save_history(monitor.history, "gradients.json")
 
@@ -40,6 +41,14 @@ records steps 1, N, 2N, ... and switches the hooks off in between. Step 1's
 gradient was computed at the *initial* weights, so it is the "at
 initialisation" profile. (Recorded from a callback, the weight norm is read
 just after that step's update, which moves ``W`` by about ``lr * ||dL/dW||``.)
+The callback also records each recorded step's update-to-weight ratio.
+
+Update-to-weight ratio. ``||W_after - W_before|| / ||W||`` is the relative
+size of the step the optimiser actually took (momentum and weight decay
+included): around 1e-3 per step is the usual healthy value, far smaller means
+a layer barely learns, far larger that it is thrown around. The monitor keeps
+a copy of the weights when each (enabled) forward pass begins, the weights
+before that step's update; :meth:`GradientMonitor.record_update` compares.
 
 Cost. The block hooks cost one norm per block per backward; the layer norms
 are computed only in :meth:`GradientMonitor.record`. ``monitor.enabled = False``
@@ -95,6 +104,9 @@ class GradientHistory:
         losses: the loss passed to ``record`` (``None`` if not given).
         layer_grad: ``[record][layer]`` ``||dL/dW||``; ``nan`` if the weight had no gradient.
         layer_weight: ``[record][layer]`` ``||W||``.
+        layer_update: ``[record][layer]`` ``||W_after - W_before||`` of the
+            optimiser step of that record (:meth:`GradientMonitor.record_update`);
+            ``nan`` when not measured.
         block_grad_in: ``[record][block]`` ``||dL/dx||`` at the block's input;
             ``nan`` if no backward went through the block since the last record.
         block_grad_out: ``[record][block]`` ``||dL/dy||`` at the block's output.
@@ -110,6 +122,7 @@ class GradientHistory:
     losses: list[float | None] = field(default_factory=list)
     layer_grad: list[list[float]] = field(default_factory=list)
     layer_weight: list[list[float]] = field(default_factory=list)
+    layer_update: list[list[float]] = field(default_factory=list)
     block_grad_in: list[list[float]] = field(default_factory=list)
     block_grad_out: list[list[float]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -128,10 +141,14 @@ class GradientHistory:
         """The gradient norms as a float64 array ``(records, layers)`` or ``(records, blocks)``.
 
         ``kind``: ``"layer"`` (``||dL/dW||``), ``"weight"`` (``||W||``),
+        ``"update"`` (``||dW||`` of the step), ``"update_ratio"`` (``||dW|| / ||W||``),
         ``"block_in"`` (``||dL/dx||``) or ``"block_out"`` (``||dL/dy||``).
         Missing values are ``nan``.
         """
+        if kind == "update_ratio":
+            return self.grad_array("update") / self.grad_array("weight")
         table = {"layer": (self.layer_grad, self.layers), "weight": (self.layer_weight, self.layers),
+                 "update": (self.layer_update, self.layers),
                  "block_in": (self.block_grad_in, self.blocks), "block_out": (self.block_grad_out, self.blocks)}
         if kind not in table:
             raise ValueError(f"kind must be one of {sorted(table)}, got {kind!r}")
@@ -142,8 +159,9 @@ class GradientHistory:
         """Record ``index`` (default: the last) as :class:`GradNormRow` s, for :func:`grad_norms.format_table`."""
         if not self.steps:
             raise ValueError(f"nothing recorded yet for {self.model}")
-        return [GradNormRow(name, tuple(shape), g, w) for name, shape, g, w in
-                zip(self.layers, self.layer_shapes, self.layer_grad[index], self.layer_weight[index])]
+        return [GradNormRow(name, tuple(shape), g, w, u) for name, shape, g, w, u in
+                zip(self.layers, self.layer_shapes, self.layer_grad[index], self.layer_weight[index],
+                    self.layer_update[index])]
 
     # -- (de)serialisation ----------------------------------------------------
 
@@ -162,10 +180,10 @@ class GradientHistory:
             "blocks": list(self.blocks),
             "records": [
                 {"step": s, "loss": None if loss is None or not math.isfinite(loss) else loss,
-                 "layer_grad": clean(g), "layer_weight": clean(w),
+                 "layer_grad": clean(g), "layer_weight": clean(w), "layer_update": clean(u),
                  "block_grad_in": clean(bi), "block_grad_out": clean(bo)}
-                for s, loss, g, w, bi, bo in zip(self.steps, self.losses, self.layer_grad, self.layer_weight,
-                                                 self.block_grad_in, self.block_grad_out)
+                for s, loss, g, w, u, bi, bo in zip(self.steps, self.losses, self.layer_grad, self.layer_weight,
+                                                    self.layer_update, self.block_grad_in, self.block_grad_out)
             ],
             "meta": dict(self.meta),
         }
@@ -191,9 +209,10 @@ class GradientHistory:
             )
             n_layers, n_blocks = len(hist.layers), len(hist.blocks)
             for i, rec in enumerate(data["records"]):
+                rec = {"layer_update": [None] * n_layers, **rec}  # histories saved before update ratios existed
                 arrays = {key: [math.nan if v is None else float(v) for v in rec[key]]
-                          for key in ("layer_grad", "layer_weight", "block_grad_in", "block_grad_out")}
-                for key, expected in (("layer_grad", n_layers), ("layer_weight", n_layers),
+                          for key in ("layer_grad", "layer_weight", "layer_update", "block_grad_in", "block_grad_out")}
+                for key, expected in (("layer_grad", n_layers), ("layer_weight", n_layers), ("layer_update", n_layers),
                                       ("block_grad_in", n_blocks), ("block_grad_out", n_blocks)):
                     if len(arrays[key]) != expected:
                         raise ValueError(f"record {i} has {len(arrays[key])} values in {key!r}, expected {expected}")
@@ -201,6 +220,7 @@ class GradientHistory:
                 hist.losses.append(None if rec.get("loss") is None else float(rec["loss"]))
                 hist.layer_grad.append(arrays["layer_grad"])
                 hist.layer_weight.append(arrays["layer_weight"])
+                hist.layer_update.append(arrays["layer_update"])
                 hist.block_grad_in.append(arrays["block_grad_in"])
                 hist.block_grad_out.append(arrays["block_grad_out"])
         except (KeyError, TypeError) as exc:
@@ -290,6 +310,7 @@ class GradientMonitor:
         # Hooks on the tensors of the forward passes since the last record:
         # kept so that detach() can remove those too, even before their backward.
         self._tensor_hooks: list[RemovableHandle] = []
+        self._before: list[Any] | None = None  # the weights when the current step began (record_update)
         self._taps = [block.add_tap(self._tap) for _, block in blocks]
         self.attached = True
 
@@ -303,8 +324,10 @@ class GradientMonitor:
         i = self._block_index[id(block)]
         if i == 0 and name == "input":
             # A new forward pass starts: hooks left from a forward that had no
-            # backward (its graph is garbage now) need not be tracked any more.
+            # backward (its graph is garbage now) need not be tracked any more,
+            # and the weights are still those before this step's update.
             self._tensor_hooks.clear()
+            self._before = self._weights()
         store = self._grad_in if name == "input" else self._grad_out
 
         def hook(grad: Tensor) -> None:
@@ -350,11 +373,32 @@ class GradientMonitor:
         h.losses.append(None if loss is None else float(loss))
         h.layer_grad.append([r.grad_norm for r in rows])
         h.layer_weight.append([r.weight_norm for r in rows])
+        h.layer_update.append([math.nan] * len(rows))  # filled in by record_update()
+        if self._before is None:  # no forward pass through a block seen: the weights are as they are now
+            self._before = self._weights()
         h.block_grad_in.append([math.nan if v is None else float(v) for v in self._grad_in])
         h.block_grad_out.append([math.nan if v is None else float(v) for v in self._grad_out])
         self._grad_in = [None] * len(self._grad_in)
         self._grad_out = [None] * len(self._grad_out)
         self._tensor_hooks.clear()
+
+    def record_update(self) -> None:
+        """Add to the last record the size of the optimiser step just taken: ``||W_after - W_before||`` per layer.
+
+        Call after ``optimizer.step()``. ``W_before`` is the weights when the
+        step's forward pass began (or, for a model without blocks, when
+        :meth:`record` ran, so call that before the step).
+        ``history.grad_array("update_ratio")`` then gives ``||dW|| / ||W||``.
+        """
+        if not self.history.steps or self._before is None:
+            raise RuntimeError("record_update() needs a record() of this step first")
+        self.history.layer_update[-1] = [
+            float(_norm_on_device(m.weight.data - before)) for (_, m), before in zip(self._layers, self._before)
+        ]
+        self._before = None
+
+    def _weights(self) -> list[Any]:
+        return [m.weight.data.copy() for _, m in self._layers]
 
     def callback(self, every: int) -> "MonitorCallback":
         """A Trainer callback recording steps 1, ``every``, 2 ``every``, ..."""
@@ -409,6 +453,7 @@ class MonitorCallback:
         step = int(trainer.global_step)
         if self.wants(step):
             self.monitor.record(step)
+            self.monitor.record_update()
         self.monitor.enabled = self.wants(step + 1)
 
     def on_epoch_end(self, trainer: Any, row: dict) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..atomic import atomic_write_bytes
-from ..diagnostics import GradNormRow, grad_norm_rows, read_jsonl, rows_to_records
+from ..diagnostics import GradNormRow, read_jsonl, rows_to_records
 from .run_dir import METRICS_CSV, METRICS_JSONL
 
 __all__ = ["metric_columns", "write_metrics", "append_jsonl", "log_grad_norms", "trim_grad_norm_log"]
@@ -63,11 +63,9 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def log_grad_norms(path: Path, model: Any, *, step: int, epoch: int, lr: float, loss: float) -> list[GradNormRow]:
-    """Measure every layer's gradient norm now and append one record to ``grad_norms.jsonl``; returns the rows."""
-    rows = grad_norm_rows(model)
+def log_grad_norms(path: Path, rows: list[GradNormRow], *, step: int, epoch: int, lr: float, loss: float) -> None:
+    """Append one step's layer rows (:func:`~minires.diagnostics.grad_norm_rows`) to ``grad_norms.jsonl``."""
     append_jsonl(path, {"step": step, "epoch": epoch, "lr": lr, "loss": loss, "layers": rows_to_records(rows)})
-    return rows
 
 
 def trim_grad_norm_log(path: Path, last_step: int) -> None:

@@ -31,7 +31,7 @@ from typing import Any, Iterable, TextIO
 
 from .. import backend
 from ..data import DataLoader, split_validation, standard_augment, subset
-from ..diagnostics import print_table
+from ..diagnostics import grad_norm_rows, print_table, weights_before_update, with_updates
 from ..nn import init
 from ..tensor import Tensor
 from . import recipes
@@ -382,25 +382,29 @@ class Trainer:
         """One :func:`train_step` (under the CPU speed helpers), then the lr schedule; returns ``(loss, logits)``."""
         self._last_lr = float(self.optimizer.param_groups[0]["lr"])
         n = self.config.grad_norms
-        log_norms_now = bool(n) and (self.global_step + 1) % n == 0
+        # Gradient norms: measured between backward and the update (rank 0 alone: the gradients
+        # are the averaged ones, the same on every rank), then logged with the update they led to.
+        measure = bool(n) and (self.global_step + 1) % n == 0 and self.parallel.is_main
+        measured: list = []
         with self._step_context():
             loss, logits = train_step(self.model, (images, labels), self.optimizer,
-                                      before_update=partial(self._log_grad_norms, epoch) if log_norms_now else None)
+                                      before_update=partial(self._measure_grad_norms, measured) if measure else None)
+        if measured:
+            self._log_grad_norms(epoch, *measured)
         self.scheduler.step()
         self.global_step += 1
         return loss, logits
 
-    def _log_grad_norms(self, epoch: int, loss_tensor: Tensor) -> None:
-        """Log (and print, when verbose) every layer's gradient norm for the step in progress.
-
-        Data-parallel: rank 0 alone, with the averaged gradients (the same on every rank) and its own loss.
-        """
-        if not self.parallel.is_main:
-            return
-        step, loss = self.global_step + 1, float(loss_tensor.item())
+    def _measure_grad_norms(self, measured: list, loss: Tensor) -> None:
+        """Before the update: each layer's gradient and weight norms, and a copy of the weights."""
         net = self.parallel.unwrap(self.model)
-        rows = log_grad_norms(self.out_dir / GRAD_NORMS_NAME, net, step=step, epoch=epoch + 1,
-                              lr=self._last_lr, loss=loss)
+        measured.extend([grad_norm_rows(net), weights_before_update(net), float(loss.item())])
+
+    def _log_grad_norms(self, epoch: int, rows: list, before: dict, loss: float) -> None:
+        """After the update: add each layer's update-to-weight ratio; log, and print when verbose."""
+        step = self.global_step + 1
+        rows = with_updates(rows, self.parallel.unwrap(self.model), before)
+        log_grad_norms(self.out_dir / GRAD_NORMS_NAME, rows, step=step, epoch=epoch + 1, lr=self._last_lr, loss=loss)
         if self.report.verbose:
             print_table(rows, title=f"gradient norms at step {step} (epoch {epoch + 1}, loss {loss:.4f})",
                         write=self.report.say)

@@ -243,6 +243,16 @@ def test_trainer_callback_records_step_one_and_every_nth_matching_trainer_grad_n
         for j, name in enumerate(h.layers):
             assert h.layer_grad[i][j] == pytest.approx(logged[step][name + ".weight"], rel=1e-6)
     assert np.all(np.isfinite(h.grad_array("block_in")))
+    # Both measure the same update of each recorded step, one from the callback, one inside the trainer.
+    updates = {r["step"]: {layer["name"]: layer["update_ratio"] for layer in r["layers"]}
+               for r in read_jsonl(tmp_path / "grad_norms.jsonl")}
+    for step in (2, 4, 6):
+        i = h.index_of(step)
+        for j, name in enumerate(h.layers):
+            ours, trainers = h.layer_update[i][j], updates[step][name + ".weight"]
+            assert ours > 0 and trainers > 0
+            # The trainer divides by ||W|| before the step, the callback's history by ||W|| after it.
+            assert ours / h.layer_weight[i][j] == pytest.approx(trainers, rel=0.05)
 
 
 def test_bad_arguments_are_refused():
@@ -257,3 +267,44 @@ def test_bad_arguments_are_refused():
         monitor.record(1.5)
     with pytest.raises(ValueError, match="not recorded"):
         monitor.history.index_of(3)
+
+
+@pytest.mark.parametrize("when", ["before_step", "after_step"])
+def test_record_update_measures_the_step_actually_taken(when):
+    """||W_after - W_before|| per layer, momentum and weight decay included, with record() on either side of step()."""
+    model = tiny_model().double()
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    monitor = GradientMonitor(model)
+    for step, (x, y) in enumerate(batches(3), start=1):
+        before = {name: m.weight.data.copy() for name, m in model.named_modules() if name in RESNET8_LAYERS}
+        loss = F.cross_entropy(model(Tensor(x.data.astype(np.float64))), y)
+        opt.zero_grad()
+        loss.backward()
+        if when == "before_step":
+            monitor.record(step)
+        opt.step()
+        if when == "after_step":
+            monitor.record(step)
+        monitor.record_update()
+        modules = dict(model.named_modules())
+        expected = [np.linalg.norm(modules[name].weight.data - before[name]) for name in RESNET8_LAYERS]
+        np.testing.assert_allclose(monitor.history.layer_update[-1], expected, rtol=1e-12)
+    ratios = monitor.history.grad_array("update_ratio")
+    assert ratios.shape == (3, len(RESNET8_LAYERS)) and np.all(ratios > 0)
+    assert "update/W" in monitor.format_table()
+    monitor.detach()
+
+
+def test_record_update_without_a_record_is_refused_and_old_histories_load(tmp_path):
+    model = tiny_model()
+    monitor = GradientMonitor(model)
+    with pytest.raises(RuntimeError, match="record"):
+        monitor.record_update()
+    train(model, batches(1), monitor)  # recorded, no record_update: no update measured
+    assert np.all(np.isnan(monitor.history.grad_array("update")))
+    assert "update/W" not in monitor.format_table()
+    data = monitor.history.to_dict()
+    for record in data["records"]:
+        del record["layer_update"]  # a history saved before update ratios existed
+    old = GradientHistory.from_dict(data)
+    assert old.steps == [1] and np.all(np.isnan(old.grad_array("update")))

@@ -19,7 +19,16 @@ from minires.data import load_cifar10
 from minires.diagnostics import read_jsonl
 from minires.optim import SGD
 from minires.tensor import Tensor
-from minires.train import Callback, ConfigError, TrainConfig, Trainer, TrainingDiverged, metric_columns, recipes
+from minires.train import (
+    Callback,
+    ConfigError,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    build_model,
+    metric_columns,
+    recipes,
+)
 from minires.train import trainer as trainer_module
 from minires.train.checkpoint import CheckpointError, load_checkpoint
 
@@ -270,7 +279,28 @@ def test_grad_norms_logged_every_n_steps(tmp_path, cifar_files, capsys):
         assert layer["grad_norm"] > 0 and layer["weight_norm"] > 0
         assert layer["ratio"] == pytest.approx(layer["grad_norm"] / layer["weight_norm"])
     out = capsys.readouterr().out
-    assert "gradient norms at step 3" in out and weights[0] in out and "||grad W||" in out
+    assert "gradient norms at step 3" in out and weights[0] in out and "||grad W||" in out and "update/W" in out
+
+
+def test_grad_norms_log_the_update_to_weight_ratio_of_the_step(tmp_path, cifar_files):
+    """update_ratio = ||W after step 1 - W before|| / ||W before||, the step taken (momentum, weight decay)."""
+    config = tiny_config(epochs=1, grad_norms=1)
+    start = {name: p.data.copy() for name, p in build_model(config.resolved()).named_parameters()}
+
+    class AfterStepOne(Callback):
+        def on_step_end(self, trainer):
+            if trainer.global_step == 1:
+                self.weights = {name: p.data.copy() for name, p in trainer.model.named_parameters()}
+
+    after = AfterStepOne()
+    quiet_trainer(config, cifar_files, tmp_path, callbacks=[after]).fit()
+    first = read_jsonl(tmp_path / "grad_norms.jsonl")[0]
+    assert first["step"] == 1
+    for layer in first["layers"]:
+        w0 = start[layer["name"]]
+        assert layer["weight_norm"] == pytest.approx(np.linalg.norm(w0), rel=1e-6)
+        expected = np.linalg.norm(after.weights[layer["name"]] - w0) / np.linalg.norm(w0)
+        assert layer["update_ratio"] == pytest.approx(expected, rel=1e-5), layer["name"]
 
 
 def test_checkpoint_holds_the_whole_run(tmp_path, cifar_files):
