@@ -24,6 +24,7 @@ the single-process path is exactly the plain one.
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -196,15 +197,22 @@ class DataParallel:
             dist.barrier()
 
 
+# How long a rank that aborts the run waits for mpiexec to forward its last output.
+OUTPUT_DRAIN_SECONDS = 0.5
+
+
 def abort_world(code: int) -> None:
     """End every rank of this MPI run now with exit status ``code`` (MPI_Abort); nothing on one process.
 
     A rank that fails alone must not leave the others waiting forever in
-    their next collective: the launcher ends all of them.
+    their next collective: the launcher ends all of them. The short wait
+    before the abort lets mpiexec pass on what this rank printed last (its
+    error message): the abort tears down the pipes it is read through.
     """
     if dist.launched_world_size() > 1 and dist.is_initialized() and dist.get_world_size() > 1:
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(OUTPUT_DRAIN_SECONDS)
         from mpi4py import MPI
 
         MPI.COMM_WORLD.Abort(int(code) or 1)

@@ -16,6 +16,7 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MIN
     os.environ.setdefault(_name, "1")
 
 import sys  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -259,6 +260,7 @@ def main(names: list) -> int:
     except BaseException:
         sys.stdout.flush()
         print(f"rank {rank}/{world} FAILED:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        time.sleep(0.5)  # let mpiexec forward the message: the abort tears down its pipes
         MPI.COMM_WORLD.Abort(1)  # ends every rank, also one waiting in a collective
     return 0
 

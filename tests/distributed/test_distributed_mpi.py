@@ -45,8 +45,8 @@ def test_two_processes(check):
 
 def test_a_failing_check_fails_the_run():
     """The harness itself: an assertion on one rank makes mpiexec exit non-zero (and does not hang)."""
-    code = ("import minires.distributed as d, mpi4py.MPI as M, sys\n"
-            "if d.get_rank() == 1:\n    print('failing', flush=True); M.COMM_WORLD.Abort(3)\n"
+    code = ("import minires.distributed as d, mpi4py.MPI as M, time\n"
+            "if d.get_rank() == 1:\n    print('failing', flush=True); time.sleep(0.5); M.COMM_WORLD.Abort(3)\n"
             "d.barrier()\n")
     result = run_two_processes([sys.executable, "-c", code])
     assert result.returncode != 0 and "failing" in result.stdout
