@@ -157,7 +157,7 @@ def test_committed_outputs_come_from_one_clean_run(name):
     images = sum("image/png" in out.get("data", {}) for c in cells for out in c.outputs)
     assert images >= 1, f"{name} has no figure in its committed outputs"
     record = nb.metadata.get("minires", {})
-    assert record.get("library_sha256"), f"{name}.ipynb was not executed by tutorials/execute.py (no hashes)"
+    assert record.get("files_sha256"), f"{name}.ipynb was not executed by tutorials/execute.py (no hashes)"
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISE_STUBS))
@@ -396,9 +396,28 @@ def test_solutions_are_injected_by_name():
 
 
 def test_staleness_record_is_what_execute_writes():
-    # The hashes compare like for like: the record's library paths are repository-relative files.
+    # The hashes compare like for like: the record's paths are repository-relative files, the library's among them.
     for name in NAMES:
         record = _read(name).metadata.get("minires", {})
-        for relative in record.get("library_sha256", {}):
-            assert relative.startswith("minires/") and relative.endswith(".py"), relative
+        files = record.get("files_sha256", {})
+        assert "minires/__init__.py" in files, (name, sorted(files)[:5])
+        for relative in files:
+            assert (ROOT / relative).is_file() and not relative.endswith(".ipynb"), relative
         assert json.dumps(record).count("/work/") == 0
+
+
+def test_the_record_holds_files_used_by_the_programs_a_notebook_runs(tmp_path):
+    """A subprocess's imports and the repository files a cell reads are recorded; files it writes are not."""
+    written = tmp_path / "written.txt"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import subprocess, sys, pathlib\n"
+        "subprocess.run([sys.executable, '-c', 'import minires.cli.train'], check=True)\n"
+        "print(len(pathlib.Path('../docs/results/README.md').read_text()) > 0)\n"
+        f"pathlib.Path({str(written)!r}).write_text('output')\n"
+    )])
+    nb.metadata["kernelspec"] = dict(EXECUTE.KERNEL)
+    files = EXECUTE.execute(nb, quick=True).metadata["minires"]["files_sha256"]
+    assert "minires/cli/train.py" in files  # imported only by the subprocess, never by the kernel
+    assert "docs/results/README.md" in files  # read by the kernel
+    assert not any("written" in f or f.startswith("tutorials/file_record") for f in files), sorted(files)
+    assert files["docs/results/README.md"] == EXECUTE.sha256_of(ROOT / "docs/results/README.md")

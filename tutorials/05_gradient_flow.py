@@ -426,11 +426,14 @@ for name, h in runs.items():
 # low plateau, around $10^{-2}$: about ten times below its last stage, and ten to thirty times below
 # ResNet-56 at the same depth. The very smallest values are scattered over that plateau (the
 # printed line lists the five smallest; in this run the first convolution and layer 20 are the
-# lowest), so the point is not one frozen layer but a frozen stack. Measured against the size of
-# their weights, the first stage's steps are about ten times smaller than the last stage's
-# (median $\|\partial L/\partial W\| / \|W\|$, also printed), so those layers are close to
-# **frozen**, and the deep plain network trains like a shallower one carrying a stack of nearly
-# fixed layers at its bottom. ResNet-56 keeps gradients
+# lowest), so the point is not one layer but a whole stack. Measured against the size of their
+# weights, the first stage's gradients are about ten times smaller than the last stage's (median
+# $\|\partial L/\partial W\| / \|W\|$, also printed): the current loss hardly reaches those
+# layers any more. Their actual steps are not small yet (the update ratios further down show the
+# first stage still moving the most), but that is momentum carrying on the huge first gradients,
+# which only makes the weights grow further. So those layers have all but **stopped learning**
+# from the data, and the deep plain network trains like a shallower one carrying a stack of layers
+# at its bottom that no longer adapt to the loss. ResNet-56 keeps gradients
 # of a similar size at every depth throughout, and all of its layers keep learning. (The two
 # heatmaps share one colour scale, so their colours compare directly.)
 #
@@ -515,9 +518,11 @@ for ax in axes[1]:
 fig.suptitle("Histograms of block outputs on one batch of 64 images")
 plt.show()
 for name in runs:
-    outputs = block_outputs(trained[name][1].train(), probe)
-    print(f"{name} after {steps} steps: standard deviation of the block outputs, block 1 -> 27: "
-          + " ".join(f"{outputs[i].std():.2f}" for i in picked))
+    for label, model in (("at initialisation", models.create(name, seed=0)),
+                         (f"after {steps} steps", trained[name][1])):
+        outputs = block_outputs(model.train(), probe)
+        print(f"{name} {label}: standard deviation of the outputs of blocks {', '.join(str(i + 1) for i in picked)}: "
+              + " ".join(f"{outputs[i].std():.2f}" for i in picked))
 
 # %% [markdown]
 # How to read them. At initialisation plain-56's blocks all look alike: each ends in batch norm
@@ -526,8 +531,11 @@ for name in runs:
 # carries the previous block's non-negative output, so far fewer outputs are zero, and the spread
 # grows block after block as the residual stream adds up the branches: the forward-pass face of
 # the sums that keep its gradients alive. After the steps above, plain-56's first block, whose
-# weights grew the most, spreads much wider than the blocks above it, while ResNet-56's blocks
-# stay alike. (Values above 6, a thin tail, are left out of the histograms.)
+# weights grew the most, spreads much wider than the blocks above it; ResNet-56 keeps the pattern
+# it started with, a narrow first block and a stream two to four times wider above it, only its
+# last block narrowing (the standard deviations printed under the figure). Values above 6 are
+# left out of the histograms to keep the plain net's shapes readable; ResNet-56's outputs reach
+# well beyond, as its standard deviations say.
 #
 # The update ratios tell the story of the gradient heatmaps in one number per stage. Plain-56's
 # first stage starts with steps far above the usual $10^{-3}$, the exploding first gradients at

@@ -24,11 +24,13 @@ What an execution records, in the notebook's metadata under ``"minires"``:
 
 * ``code_cells_sha256``: a hash of the sources of the code cells that ran, so
   that a code cell edited after the run (its outputs are then stale) is noticed;
-* ``library_sha256``: one SHA-256 per file of the minires package that the
-  kernel had imported when the notebook finished (every ``minires.*`` module in
-  ``sys.modules``, as a path relative to the repository root). That is the
-  library code the notebook ran or showed with ``inspect.getsource``; a change
-  to any of those files may change the outputs;
+* ``files_sha256``: one SHA-256 per repository file that the notebook's Python
+  processes used, as paths relative to the repository root: every minires
+  module imported by the kernel or by a program the notebook ran
+  (``python -m minires train`` as a subprocess, ranks under ``mpiexec``), and
+  every tracked file they read (the result figures notebook 06 shows).
+  ``file_record/sitecustomize.py``, put on ``PYTHONPATH`` during the run, makes
+  each process list them. A change to any of those files may change the outputs;
 * ``execution``: whether quick mode was on.
 
 ``tests/test_notebooks.py`` recomputes both hashes and fails, naming the changed
@@ -49,10 +51,13 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,19 +67,13 @@ SOLUTIONS = HERE / "solutions"
 METADATA_KEY = "minires"
 KERNEL = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 
-# Run in the notebook's kernel after its last cell (this cell is not kept): the files of every
-# minires module the kernel imported, each with its SHA-256, as paths relative to the repository root.
-LIBRARY_PROBE = """\
-import hashlib as _hashlib, json as _json, pathlib as _pathlib, sys as _sys
-_files = {}
-if "minires" in _sys.modules:
-    _root = _pathlib.Path(_sys.modules["minires"].__file__).resolve().parents[1]
-    for _name, _module in list(_sys.modules.items()):
-        _file = getattr(_module, "__file__", None)
-        if _name.split(".")[0] == "minires" and _file and _file.endswith(".py"):
-            _path = _pathlib.Path(_file).resolve()
-            _files[_path.relative_to(_root).as_posix()] = _hashlib.sha256(_path.read_bytes()).hexdigest()
-print(_json.dumps(dict(sorted(_files.items()))))
+# Every Python process a notebook starts loads RECORDER/sitecustomize.py, which lists the repository files it
+# used; the kernel writes its list when this cell runs after the notebook's last one (the cell is not kept).
+RECORDER = HERE / "file_record"
+RECORD_PROBE = """\
+import sitecustomize as _recorder
+assert hasattr(_recorder, "write_record"), "tutorials/file_record is not on the kernel's PYTHONPATH"
+_recorder.write_record()
 """
 
 
@@ -128,22 +127,22 @@ def stale_reasons(name: str) -> list[str]:
     """Why the committed outputs of ``<name>.ipynb`` may not be what its code gives today (empty: up to date)."""
     nb = read_notebook(name)
     record = nb.metadata.get(METADATA_KEY)
-    if not record or "library_sha256" not in record or "code_cells_sha256" not in record:
+    if not record or "files_sha256" not in record or "code_cells_sha256" not in record:
         return ["it was never executed by tutorials/execute.py (no 'minires' record in its metadata)"]
     reasons = []
     if record["code_cells_sha256"] != code_cells_digest(nb):
         reasons.append("a code cell was edited after the last execution")
     changed, missing = [], []
-    for relative, digest in sorted(record["library_sha256"].items()):
+    for relative, digest in sorted(record["files_sha256"].items()):
         path = ROOT / relative
         if not path.is_file():
             missing.append(relative)
         elif sha256_of(path) != digest:
             changed.append(relative)
     if changed:
-        reasons.append("library files changed since the last execution: " + ", ".join(changed))
+        reasons.append("files it used changed since the last execution: " + ", ".join(changed))
     if missing:
-        reasons.append("library files it used no longer exist: " + ", ".join(missing))
+        reasons.append("files it used no longer exist: " + ", ".join(missing))
     return reasons
 
 
@@ -198,6 +197,46 @@ def inject_solutions(nb, name: str):
 # ---------------------------------------------------------------------------
 
 
+def _tracked_files() -> set | None:
+    """The files git tracks in this checkout (repository-relative), or None outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return set(out.decode().split("\0")) - {""}
+
+
+def used_files(record_dir: Path) -> dict[str, str]:
+    """The files the processes listed in ``record_dir``, with their SHA-256: tracked files only (not the
+    run's own outputs), and neither the notebooks nor the recorder itself."""
+    used = set()
+    for listing in record_dir.glob("*.json"):
+        used.update(Path(p).relative_to(ROOT).as_posix() for p in json.loads(listing.read_text()))
+    tracked = _tracked_files()
+    keep = {p for p in used if (tracked is None or p in tracked) and not p.endswith(".ipynb")
+            and not p.startswith("tutorials/file_record/")}
+    return {p: sha256_of(ROOT / p) for p in sorted(keep)}
+
+
+@contextlib.contextmanager
+def _environment(**values: str | None):
+    """Set (or, with None, remove) environment variables for the duration; the kernel inherits them."""
+    saved = {key: os.environ.get(key) for key in values}
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def execute(nb, quick: bool, cell_timeout: int = 1800):
     """Run ``nb`` top to bottom in a fresh ``python3`` kernel started in tutorials/; record hashes; return it.
 
@@ -206,29 +245,25 @@ def execute(nb, quick: bool, cell_timeout: int = 1800):
     import nbformat
     from nbclient import NotebookClient
 
-    saved = {key: os.environ.get(key) for key in ("MINIRES_QUICK", "MPLBACKEND")}
-    os.environ["MINIRES_QUICK"] = "1" if quick else "0"
+    probe = nbformat.v4.new_code_cell(RECORD_PROBE)
+    python_path = os.pathsep.join(filter(None, [str(RECORDER), os.environ.get("PYTHONPATH")]))
+    nb.cells.append(probe)
     # Figures are embedded as PNGs only with matplotlib's inline backend: a global MPLBACKEND
     # (e.g. Agg from CI settings) would suppress them.
-    os.environ.pop("MPLBACKEND", None)
-    probe = nbformat.v4.new_code_cell(LIBRARY_PROBE)
-    nb.cells.append(probe)
-    try:
-        client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3", record_timing=False,
-                                resources={"metadata": {"path": str(HERE)}})
-        client.execute()
-    finally:
-        nb.cells.remove(probe)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    text = "".join(out.get("text", "") for out in probe.outputs if out.output_type == "stream")
+    with tempfile.TemporaryDirectory() as record_dir, _environment(
+            MINIRES_QUICK="1" if quick else "0", MPLBACKEND=None, PYTHONPATH=python_path,
+            MINIRES_RECORD_ROOT=str(ROOT), MINIRES_RECORD_DIR=record_dir):
+        try:
+            client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3", record_timing=False,
+                                    resources={"metadata": {"path": str(HERE)}})
+            client.execute()
+        finally:
+            nb.cells.remove(probe)
+        files = used_files(Path(record_dir))
     nb.metadata[METADATA_KEY] = {
         "execution": {"quick_mode": quick},
         "code_cells_sha256": code_cells_digest(nb),
-        "library_sha256": json.loads(text.strip().splitlines()[-1]),
+        "files_sha256": files,
     }
     return nb
 
