@@ -218,23 +218,23 @@ def used_files(record_dir: Path) -> dict[str, str]:
     return {p: sha256_of(ROOT / p) for p in sorted(keep)}
 
 
+def _set_environment(values: dict) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @contextlib.contextmanager
 def _environment(**values: str | None):
     """Set (or, with None, remove) environment variables for the duration; the kernel inherits them."""
     saved = {key: os.environ.get(key) for key in values}
     try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(values)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environment(saved)
 
 
 def execute(nb, quick: bool, cell_timeout: int = 1800):
