@@ -126,8 +126,9 @@ def main(argv: list | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     config = TrainConfig(model=args.model, recipe=args.recipe, seed=args.seed)
-    model = cifar_resnet(recipes.model_depth(build_model(config)))
-    load_minires_state(model, build_model(config).state_dict())  # minires's seeded initial weights
+    ours = build_model(config)  # minires's seeded initial weights
+    model = cifar_resnet(recipes.model_depth(ours))
+    load_minires_state(model, ours.state_dict())
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=recipe.momentum,
                                 weight_decay=recipe.weight_decay, nesterov=recipe.nesterov)
