@@ -12,9 +12,11 @@ rank ``cores / N`` BLAS and kernel threads.
 
 :func:`run_rank` wraps each rank's work. Only rank 0 prints; ranks read the
 same inputs, so an expected error (bad flag, damaged checkpoint, diverged
-loss) is printed once, by rank 0. A rank that fails in any way, expected or
-not, ends the whole MPI run (``MPI_Abort``): the others would otherwise wait
-for it forever in their next collective. An unexpected exception is printed
+loss) is printed once, by rank 0. A Ctrl-C that every rank agreed on
+(:class:`~minires.train.interrupt.StoppedTogether`) ends each rank normally
+with status 130. A rank that fails in any other way, expected or not, ends
+the whole MPI run (``MPI_Abort``): the others would otherwise wait for it
+forever in their next collective. An unexpected exception is printed
 with its rank and traceback first. A rank killed outright (``kill -9``) is
 mpiexec's to handle: it ends the other ranks when one dies.
 """
@@ -33,12 +35,16 @@ from ..distributed import DistributedError, launched_world_size
 from ..distributed.comm import INSTALL_HINT
 from ..distributed.launch import launch
 from ..train.distributed import DataParallel, abort_world
+from ..train.interrupt import StoppedTogether
 from .common import fail
 
 __all__ = ["CHILD_MARKER", "launch_nproc", "nproc_mismatch", "run_rank"]
 
 # How long a failing rank other than 0 leaves rank 0 to report (and abort) first.
 RANK_0_FIRST_SECONDS = 2.0
+
+# The exit status after Ctrl-C (a shell's 128 + SIGINT).
+INTERRUPTED = 130
 
 # Set in the environment of the processes that --nproc starts, so that they never start more.
 CHILD_MARKER = "MINIRES_STARTED_BY_NPROC"
@@ -79,13 +85,18 @@ def run_rank(work: Callable[[], int]) -> int:
     """Run ``work()`` (one rank's share of ``minires train``) and return its exit code.
 
     One process: just ``work()``. Under ``mpiexec``: ranks other than 0 keep
-    their output back, and any failure (non-zero code or exception) ends
-    every rank. A failing rank other than 0 first waits a moment: if rank 0
-    failed the same way, rank 0's message comes out once and its abort ends
-    this rank; if not, this rank's own message is printed, then it aborts.
+    their output back; an agreed stop (``StoppedTogether``) ends this rank
+    alone, as every rank does the same; any other failure (non-zero code or
+    exception) ends every rank. A failing rank other than 0 first waits a
+    moment: if rank 0 failed the same way, rank 0's message comes out once
+    and its abort ends this rank; if not, this rank's own message is
+    printed, then it aborts.
     """
     if launched_world_size() == 1:
-        return work()
+        try:
+            return work()
+        except StoppedTogether:
+            return INTERRUPTED
     try:
         parallel = DataParallel()
     except DistributedError as exc:  # every rank has the same broken MPI: each says so, before any rank is known
@@ -94,8 +105,10 @@ def run_rank(work: Callable[[], int]) -> int:
     try:
         with _quiet_unless(parallel.is_main, held):
             code = work()
+    except StoppedTogether:
+        return INTERRUPTED  # the checkpoint is saved and no rank waits for another
     except BaseException as exc:  # noqa: BLE001 - reported, then every rank is ended
-        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+        code = INTERRUPTED if isinstance(exc, KeyboardInterrupt) else 1
         if code == 1:
             trace = f"minires train: rank {parallel.rank} of {parallel.world_size} failed:\n{traceback.format_exc()}"
             (sys.stderr if parallel.is_main else held).write(trace)

@@ -26,6 +26,7 @@ from ..train import (
     read_training_state,
 )
 from ..train.distributed import DataParallel
+from ..train.interrupt import StoppedTogether
 from ..train.recipes import names as recipe_names
 from .common import at_least, fail, integer, load_cifar, print_banner
 from .data_parallel import launch_nproc, nproc_mismatch, run_rank
@@ -173,6 +174,9 @@ def _train(args: argparse.Namespace) -> int:
         _print_start(trainer, out, args.resume)
     try:
         rows = trainer.fit()
+    except StoppedTogether:
+        print("interrupted", file=sys.stderr)
+        raise  # run_rank: every rank stopped after this step, so each may exit on its own
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

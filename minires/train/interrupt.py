@@ -5,6 +5,10 @@ steps, so an update is never cut in half; the trainer then saves a
 checkpoint (with the position inside the epoch) and raises
 ``KeyboardInterrupt``. A second Ctrl-C stops at once: a half-done step
 cannot be saved consistently, so the checkpoint already on disk is kept.
+
+On several processes the stop is agreed: every rank stops after the same
+step, saves, and raises :class:`StoppedTogether`, so each may simply exit;
+no rank is left waiting for another.
 """
 
 from __future__ import annotations
@@ -13,7 +17,11 @@ import signal
 import threading
 from typing import Any, Callable
 
-__all__ = ["StopRequest"]
+__all__ = ["StopRequest", "StoppedTogether"]
+
+
+class StoppedTogether(KeyboardInterrupt):
+    """Training stopped (Ctrl-C) after the same step on every rank, and the checkpoint is saved."""
 
 
 class StopRequest:

@@ -40,7 +40,7 @@ from .checkpoint import save_checkpoint as write_checkpoint_file
 from .config import ConfigError, TrainConfig, build_model
 from .distributed import DataParallel
 from .divergence import LossWatch, non_finite_arrays, weights_diverged
-from .interrupt import StopRequest
+from .interrupt import StoppedTogether, StopRequest
 from .metrics import log_grad_norms, metric_columns, trim_grad_norm_log, write_metrics
 from .progress import Reporter, epoch_line
 from .resume import check_same_run, load_into, read_training_state
@@ -258,7 +258,8 @@ class Trainer:
         """Train until ``config.epochs`` epochs are done; returns the metrics rows.
 
         Raises ``KeyboardInterrupt`` after saving a checkpoint when stopped by
-        Ctrl-C or a callback, and :class:`TrainingDiverged`, without saving,
+        Ctrl-C (:class:`StoppedTogether`: every rank stopped after the same
+        step) or by a callback, and :class:`TrainingDiverged`, without saving,
         when the loss or the weights become NaN or infinite.
         """
         epochs = self.config.epochs
@@ -274,7 +275,7 @@ class Trainer:
                     epochs_bar.update(1)
                     epochs_bar.set_postfix(test_acc=f"{row['test_acc']:.3f}")
                     if self.parallel.any(self._stop.requested):
-                        raise KeyboardInterrupt
+                        raise StoppedTogether
         except KeyboardInterrupt:
             self._on_interrupt()
             raise
@@ -344,7 +345,7 @@ class Trainer:
                 for callback in self.callbacks:
                     callback.on_step_end(self)
                 if stop:
-                    raise KeyboardInterrupt
+                    raise StoppedTogether  # every rank got the same `stop` from the same step
         finally:
             bar.close()
         # The last steps' GPU kernels may still be running: wait before the epoch's time is final.

@@ -175,6 +175,20 @@ def test_a_rank_killed_outright_ends_the_run_and_keeps_the_checkpoint(data_dir, 
     assert saved["global_step"] % 4 == 0 and saved["global_step"] >= 4
 
 
+def test_ctrl_c_stops_every_rank_after_the_same_step_without_an_abort(data_dir, tmp_path):
+    """SIGINT to the whole run, as a terminal's Ctrl-C: both ranks save, exit 130 on their own, and it resumes."""
+    out = tmp_path / "run"
+    args = train_args(data_dir, out, "--epochs", "30")
+    proc = start(2, worker(["--pid-dir", str(tmp_path)], args))
+    _wait_for([tmp_path / "pid.0", tmp_path / "pid.1"], proc, 120)
+    os.killpg(proc.pid, signal.SIGINT)  # mpiexec and both ranks: the group a terminal would signal
+    result = finish(proc, timeout=90)
+    assert result.returncode == 130, f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    assert result.stdout.count("interrupted: checkpoint saved") == 1, result.stdout  # rank 0 alone says it
+    assert "Abort" not in result.stderr and "BAD TERMINATION" not in result.stdout + result.stderr, result.stderr
+    assert 1 <= load_checkpoint(out / "checkpoint.npz")["global_step"] < 120  # saved mid-run, and intact
+
+
 def test_a_rank_that_raises_ends_every_rank_with_its_message(data_dir, tmp_path):
     out = tmp_path / "run"
     began = time.monotonic()

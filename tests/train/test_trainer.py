@@ -31,6 +31,7 @@ from minires.train import (
 )
 from minires.train import trainer as trainer_module
 from minires.train.checkpoint import CheckpointError, load_checkpoint
+from minires.train.interrupt import StoppedTogether
 
 TINY = {"model": "resnet_cifar", "model_kwargs": {"depth": 8, "width": 4}, "device": "cpu"}
 
@@ -184,8 +185,9 @@ def test_interrupt_inside_a_step_keeps_last_epoch_checkpoint(tmp_path, cifar_fil
         real_step()
 
     monkeypatch.setattr(trainer.optimizer, "step", step_then_interrupt_at_6)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:
         trainer.fit()
+    assert not isinstance(stopped.value, StoppedTogether)  # a torn step: other ranks may be anywhere
     saved = load_checkpoint(tmp_path / "checkpoint.npz")
     assert saved["epoch"] == 1 and saved["global_step"] == 4 and saved["partial_epoch"] is None
 
@@ -210,7 +212,7 @@ def test_ctrl_c_finishes_the_step_then_saves(tmp_path, cifar_files, uninterrupte
 
     model.forward = forward_with_sigint
     handler_before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(StoppedTogether):  # on N ranks every one stops after this step: each may just exit
         trainer.fit()
     assert signal.getsignal(signal.SIGINT) is handler_before  # the trainer's handler is removed again
     saved = load_checkpoint(tmp_path / "checkpoint.npz")
