@@ -185,11 +185,30 @@ def _block_rows(rows: int, k: int, n: int, work: int, min_rows: int) -> int:
     return rows
 
 
-def _max_blocks(rows: int, k: int, n: int) -> int:
-    """Most blocks :func:`_gemm_block_rows` can cut a (rows, k) @ (k, n) product (or fewer rows) into."""
-    if k * n * _SMALL_GEMM_MIN_ROWS > _SMALL_GEMM_WORK:
-        return 1
-    return max(1, rows // _SMALL_GEMM_MIN_ROWS)
+# d weight's products run the other way: (A, rows) @ (rows, B), summed over
+# every pixel of the chunk. OpenBLAS is slow on a long sum of that kind (from
+# about 1000 rows on), and slower still when the (A, B) result has fewer rows
+# than columns (README.md, point 8). So the sum runs in blocks of at most 512
+# rows, again as one stacked call, and the callers put the wider matrix on
+# the left.
+_REDUCTION_BLOCK_MAX = 128
+_REDUCTION_BLOCK_MIN = 32
+
+
+@lru_cache(maxsize=256)
+def _reduction_block_rows(rows: int) -> int:
+    """Rows per block for a sum over ``rows``: the largest divisor within the limits (``rows`` itself: no blocking)."""
+    if rows <= _REDUCTION_BLOCK_MAX:
+        return rows
+    for step in range(_REDUCTION_BLOCK_MAX, _REDUCTION_BLOCK_MIN - 1, -1):
+        if rows % step == 0:
+            return step
+    return rows
+
+
+def _max_reduction_blocks(rows: int) -> int:
+    """Most blocks :func:`_reduction_block_rows` cuts ``rows`` (or fewer rows) into."""
+    return max(1, rows // _REDUCTION_BLOCK_MIN)
 
 
 def _blocks(a: Any, step: int) -> Any:
@@ -217,14 +236,12 @@ def _accumulate_kernel_rows(xp: Any, windows: _RowWindows, row_weights: list[Any
 def _accumulate_products(xp: Any, left: Any, right: Any, total: Any, blocks_out: Any) -> None:
     """total += left.T @ right for (rows, A) ``left`` and (rows, B) ``right``.
 
-    In row blocks sized for BLAS's small-matrix kernels, as one stacked call
-    whose (blocks, A, B) products go to ``blocks_out`` (a buffer of at least
-    that many (A, B) matrices) and are then summed.
+    In row blocks (see ``_REDUCTION_BLOCK_MAX``), as one stacked call whose
+    (blocks, A, B) products go to ``blocks_out`` (a buffer of at least that
+    many (A, B) matrices) and are then summed.
     """
-    rows, a_cols = left.shape
-    b_cols = right.shape[1]
-    step = _gemm_block_rows(rows, a_cols, b_cols)
-    parts = blocks_out[: rows // step]
+    step = _reduction_block_rows(left.shape[0])
+    parts = blocks_out[: left.shape[0] // step]
     xp.matmul(_blocks(left, step).transpose(0, 2, 1), _blocks(right, step), out=parts)
     total += parts.sum(axis=0)
 
@@ -334,49 +351,49 @@ class _GradRows:
 
 
 class _WeightGradFromX:
-    """d weight the direct way: for kernel row i, ``dW_i += g_rows^T @ kernel_row(i)`` of x's unfold."""
+    """d weight the direct way: for kernel row i, ``dW_i^T += kernel_row(i)^T @ g_rows``, kernel_row(i) of x's unfold."""
 
     def __init__(self, g: _Geometry) -> None:
         self.g = g
         self.windows = _RowWindows(np, g.c, (g.h, g.w), (g.kh, g.kw), g.stride, g.padding, g.dilation,
                                    (g.ho, g.wo), g.dtype)
-        self.total = np.zeros((g.kh, g.c_out, g.kw * g.c), dtype=g.dtype)  # this thread's share
-        blocks = _max_blocks(g.images_per_chunk * g.ho * g.wo, g.c_out, g.kw * g.c)
-        self.product = workspace(np, ("product",), (blocks, g.c_out, g.kw * g.c), g.dtype)
+        self.total = np.zeros((g.kh, g.kw * g.c, g.c_out), dtype=g.dtype)  # this thread's share
+        blocks = _max_reduction_blocks(g.images_per_chunk * g.ho * g.wo)
+        self.product = workspace(np, ("product",), (blocks, g.kw * g.c, g.c_out), g.dtype)
 
     def add(self, x_chunk: Any, grad_rows: Any) -> None:
         self.windows.fill(x_chunk)
         for i in range(self.g.kh):
-            _accumulate_products(np, grad_rows, self.windows.kernel_row(i), self.total[i], self.product)
+            _accumulate_products(np, self.windows.kernel_row(i), grad_rows, self.total[i], self.product)
 
     @staticmethod
     def result(g: _Geometry, total: Any) -> Any:
-        """The threads' summed (kH, C_out, kW*C) totals, in (j, c) order, as (C_out, C, kH, kW)."""
-        return np.ascontiguousarray(total.reshape(g.kh, g.c_out, g.kw, g.c).transpose(1, 3, 0, 2))
+        """The threads' summed (kH, kW*C, C_out) totals, rows in (j, c) order, as (C_out, C, kH, kW)."""
+        return np.ascontiguousarray(total.reshape(g.kh, g.kw, g.c, g.c_out).transpose(3, 2, 0, 1))
 
 
 class _WeightGradFromGrad:
     """d weight off the unfolded output gradient that d x builds anyway (unit stride, README point 6):
-    ``dW[:, :, i, j] = x_rows^T @ (g unfolded at kernel row kH-1-i, column kW-1-j)``."""
+    ``dW[:, :, i, j]^T = (g unfolded at kernel row kH-1-i, column kW-1-j)^T @ x_rows``."""
 
     def __init__(self, g: _Geometry) -> None:
         self.g = g
         self.x_buf = workspace(np, ("rows", 3), (g.images_per_chunk * g.h * g.w * g.c,), g.dtype)
-        self.total = np.zeros((g.kh, g.c, g.kw * g.c_out), dtype=g.dtype)  # this thread's share
-        blocks = _max_blocks(g.images_per_chunk * g.h * g.w, g.c, g.kw * g.c_out)
-        self.product = workspace(np, ("product",), (blocks, g.c, g.kw * g.c_out), g.dtype)
+        self.total = np.zeros((g.kh, g.kw * g.c_out, g.c), dtype=g.dtype)  # this thread's share
+        blocks = _max_reduction_blocks(g.images_per_chunk * g.h * g.w)
+        self.product = workspace(np, ("product",), (blocks, g.kw * g.c_out, g.c), g.dtype)
 
     def add(self, x_chunk: Any, grad_windows: _RowWindows) -> None:
         g, m = self.g, len(x_chunk)
         x_rows = self.x_buf[: m * g.h * g.w * g.c].reshape(m * g.h * g.w, g.c)  # rows (h, n, w)
         x_rows.reshape(g.h, m, g.w, g.c)[...] = x_chunk.transpose(2, 0, 3, 1)
         for i in range(g.kh):
-            _accumulate_products(np, x_rows, grad_windows.kernel_row(g.kh - 1 - i), self.total[i], self.product)
+            _accumulate_products(np, grad_windows.kernel_row(g.kh - 1 - i), x_rows, self.total[i], self.product)
 
     @staticmethod
     def result(g: _Geometry, total: Any) -> Any:
-        """The threads' summed (kH, C, kW*C_out) totals, in (kW-1-j, o) order, as (C_out, C, kH, kW)."""
-        return np.ascontiguousarray(total.reshape(g.kh, g.c, g.kw, g.c_out)[:, :, ::-1].transpose(3, 1, 0, 2))
+        """The threads' summed (kH, kW*C_out, C) totals, rows in (kW-1-j, o) order, as (C_out, C, kH, kW)."""
+        return np.ascontiguousarray(total.reshape(g.kh, g.kw, g.c_out, g.c)[:, ::-1].transpose(2, 3, 0, 1))
 
 
 class _InputGradTransposed:

@@ -268,17 +268,31 @@ def test_gemm_block_rows_divide_the_rows_within_the_small_kernel_limit():
         step = K._gemm_block_rows(rows, k, n)
         assert rows % step == 0
         assert step == rows or (K._SMALL_GEMM_MIN_ROWS <= step and step * k * n <= K._SMALL_GEMM_WORK)
-        assert rows // step <= K._max_blocks(rows, k, n)
     assert K._gemm_block_rows(4096, 192, 64) == 4096  # 64 channels: blocks would be too small, left whole
     assert K._gemm_block_rows(4099, 48, 16) == 4099  # a prime: no divisor in range, left whole
     assert K._gemm_block_rows(500, 48, 16) == 500  # small enough already
 
 
+def test_reduction_block_rows_divide_the_rows_and_fit_the_product_buffer():
+    """d weight's sums over the rows: blocks of at most _REDUCTION_BLOCK_MAX rows that divide them."""
+    assert K._reduction_block_rows(4096) == K._REDUCTION_BLOCK_MAX  # a 4-image chunk of 32x32 pixels
+    for rows in range(1, 4100):
+        step = K._reduction_block_rows(rows)
+        assert rows % step == 0
+        assert step == rows or K._REDUCTION_BLOCK_MIN <= step <= K._REDUCTION_BLOCK_MAX
+        assert step <= K._REDUCTION_BLOCK_MAX or rows > K._REDUCTION_BLOCK_MAX  # small sums are not cut
+        # The product buffer is sized by the largest chunk's rows; every smaller (last) chunk fits in it too.
+        assert rows // step <= K._max_reduction_blocks(4099)
+        assert rows // step <= K._max_reduction_blocks(rows)
+    assert K._reduction_block_rows(4099) == 4099  # a prime: no divisor in range, one product
+    assert K._reduction_block_rows(100) == 100  # small enough already
+
+
 @pytest.mark.parametrize(
     "c, c_out, size, padding, dilation",
     [
-        (16, 16, 32, (1, 1), (1, 1)),  # blocked products: chunks of 2 images, 2048 rows -> 2 blocks of 1024
-        (32, 32, 16, (1, 1), (1, 1)),  # 512 rows -> 2 blocks of 256
+        (16, 16, 32, (1, 1), (1, 1)),  # chunks of 2 images: 2048 rows -> d weight sums in 16 blocks of 128
+        (32, 32, 16, (1, 1), (1, 1)),  # 512 rows -> 4 blocks of 128
         (3, 5, 9, (3, 2), (1, 1)),  # padding > d (k - 1): the transposed convolution crops
         (4, 3, 11, (1, 2), (2, 2)),  # dilation: d weight reads the g taps kH - 1 - i, kW - 1 - j
     ],
@@ -292,8 +306,8 @@ def test_unit_stride_weight_gradient_from_the_unfolded_output_gradient(
     blocked products and a geometry whose transposed convolution crops.
     """
     steps = []
-    original = K._gemm_block_rows
-    monkeypatch.setattr(K, "_gemm_block_rows", lambda rows, k, n: steps.append((rows, original(rows, k, n))) or steps[-1][1])
+    original = K._reduction_block_rows
+    monkeypatch.setattr(K, "_reduction_block_rows", lambda rows: steps.append((rows, original(rows))) or steps[-1][1])
     monkeypatch.setenv("MINIRES_NUM_THREADS", "2")  # chunks of 2 images, whatever the machine
     n = 4
     x = rng.standard_normal((n, c, size, size))
@@ -309,4 +323,4 @@ def test_unit_stride_weight_gradient_from_the_unfolded_output_gradient(
     # Weight gradient alone takes the other branch (unfold of x): the same numbers.
     only_w = K.conv2d_backward(x, w, g, *geometry, needs_input_grad=(False, True, False))[1]
     assert_close(only_w, want[1])
-    assert any(step < rows for rows, step in steps) == (c >= 16)  # the big cases really ran in blocks
+    assert any(step < rows for rows, step in steps)  # the sums really ran in blocks (162 rows: 2 of 81)
