@@ -119,7 +119,8 @@ def _grads_of(fn, arrays, upstream_seed=0):
 
 
 CONV_CASES = [((2, 3, 7, 6), (4, 3, 3, 3), 1, 1, 1), ((3, 4, 9, 9), (5, 4, 3, 3), 2, 1, 1),
-              ((2, 2, 8, 8), (3, 2, 1, 1), 2, 0, 1), ((2, 3, 9, 8), (2, 3, 3, 2), 1, 2, 2)]
+              ((2, 2, 8, 8), (3, 2, 1, 1), 2, 0, 1), ((2, 3, 9, 8), (2, 3, 3, 2), 1, 2, 2),
+              ((2, 64, 4, 6), (64, 64, 3, 3), 1, 1, 1)]  # the fast set's Winograd convolution
 
 
 @pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation", CONV_CASES)
