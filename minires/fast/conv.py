@@ -16,8 +16,8 @@ memory. In short (each point measured, see README.md, "Convolution"):
 6. d weight read off that same unfolded gradient.
 7. Skinny products in blocks that suit OpenBLAS's small-matrix kernels.
 8. d weight's long sums over the pixels in blocks of 128 rows.
-9. 3x3 convolutions with many channels (forward and d x) by Winograd's
-   F(2x2, 3x3) (:mod:`.winograd`): 2.25x fewer multiplications.
+9. 3x3 convolutions with many channels (forward, d x and d weight) by
+   Winograd's F(2x2, 3x3) (:mod:`.winograd`): 2.25x fewer multiplications.
 """
 
 from __future__ import annotations
@@ -494,17 +494,16 @@ def conv2d_backward(
     grad_b = grad_out.sum(axis=(0, 2, 3)) if need_b else None
     if not (need_x or need_w):
         return None, None, grad_b
-    flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # d x's kernel (point 5): (C, C_out, kH, kW)
-    # With many channels d x is a Winograd convolution (point 9); d weight
-    # still reads the unfolded gradient, which the loop below then builds for it alone.
-    by_winograd = need_x and winograd.applies(grad_out.shape, flipped.shape, stride, padding, dilation)
-    if by_winograd and not need_w:
-        return winograd.conv3x3(grad_out, flipped), None, grad_b
+    if winograd.applies(x.shape, weight.shape, stride, padding, dilation):  # point 9
+        flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # d x's kernel (point 5)
+        grad_x = winograd.conv3x3(grad_out, flipped) if need_x else None
+        grad_w = winograd.weight_grad3x3(x, grad_out) if need_w else None
+        return grad_x, grad_w, grad_b
     (n, c, h, w), (c_out, _, kh, kw), (ho, wo) = x.shape, weight.shape, grad_out.shape[2:]
     chunk = _images_per_chunk(np, n, ho * wo * kh * kw * c * c_out, ho * wo)
     g = _Geometry(n, c, h, w, c_out, kh, kw, ho, wo, stride, padding, dilation, x.dtype, chunk)
     transposed = need_x and stride == (1, 1)
-    grad_x = empty_channels_last(np, (n, c, h, w), x.dtype) if need_x and not by_winograd else None
+    grad_x = empty_channels_last(np, (n, c, h, w), x.dtype) if need_x else None
     make_dx = _input_grad_maker(g, weight, transposed) if need_x else None
     make_dw = (_WeightGradFromGrad if transposed else _WeightGradFromX) if need_w else None
 
@@ -518,14 +517,12 @@ def conv2d_backward(
                 dx.windows.fill(grad_chunk)
             if need_w:
                 dw.add(x_chunk, dx.windows if transposed else rows)
-            if need_x and not by_winograd:
+            if need_x:
                 dx.compute(grad_chunk if transposed else rows, grad_x.transpose(0, 2, 3, 1)[n0 : n0 + chunk])
         return dw.total if need_w else None
 
     partials = run_chunks(np, n, chunk, work, flops=2 * n * ho * wo * c * kh * kw * c_out)
     grad_w = make_dw.result(g, sum(partials[1:], partials[0])) if need_w else None
-    if by_winograd:
-        grad_x = winograd.conv3x3(grad_out, flipped)
     return grad_x, grad_w, grad_b
 
 

@@ -22,6 +22,14 @@ product over the channels, for all tiles at once:
 
     M[p] = V[p] @ U[p],   V[p]: (tiles, C),  U[p]: (C, C_out),  p = 0..15
 
+The gradients reuse the same transforms. d x is itself such a convolution
+(of the output gradient with the flipped kernel, conv.py point 5). For d W,
+backpropagating through Y = A^T [U * V] A gives
+
+    dU[p] = V[p]^T @ Z[p],   Z = A dY A^T per tile,   dW = G^T dU G,
+
+the sum over all tiles of the batch done as a matrix product per position.
+
 The transforms are additions and subtractions on strided views. They cost
 memory passes, so the method pays only where the products dominate: many
 channels on small images (README.md, "Winograd"). Exact in exact arithmetic;
@@ -34,6 +42,7 @@ memory like the other fast convolutions.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -42,15 +51,20 @@ from .layout import empty_channels_last
 from .memory import workspace
 from .threads import num_threads, run_chunks
 
-__all__ = ["applies", "conv3x3"]
+__all__ = ["applies", "conv3x3", "weight_grad3x3"]
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+# d W's transform uses A with the sign of its last row flipped (so A dY A^T
+# takes only sums and differences); G's last row takes that sign back.
+_G_SIGNED = _G * np.array([[1.0], [1.0], [1.0], [-1.0]])
 
 # Below this many channels the transforms, which work on runs of C numbers,
 # cost more than the products save (README.md, "Winograd").
 MIN_CHANNELS = 64
 # Tiles per chunk: enough for efficient products, few enough to stay near cache.
 _CHUNK_TILES = 256
+# Tiles per block of d W's sum over tiles (see conv.py, point 8).
+_SUM_BLOCK = 128
 
 
 def applies(x_shape: tuple, weight_shape: tuple, stride: tuple, padding: tuple, dilation: tuple) -> bool:
@@ -65,6 +79,11 @@ def applies(x_shape: tuple, weight_shape: tuple, stride: tuple, padding: tuple, 
         and w % 2 == 0
         and min(c, c_out) >= MIN_CHANNELS
     )
+
+
+def _images_per_chunk(n: int, tiles_per_image: int) -> int:
+    """About _CHUNK_TILES tiles per chunk, and a chunk for every kernel thread."""
+    return max(1, min(-(-_CHUNK_TILES // tiles_per_image), -(-n // num_threads())))
 
 
 def filter_transform(weight: Any, dtype: Any) -> Any:
@@ -113,6 +132,17 @@ def _output_transform(m_tiles: Any, sums: Any, out: Any) -> None:
         odd -= s[3]
 
 
+def _transformed_input(x_chunk: Any, key: tuple) -> Any:
+    """V for a chunk of images x_chunk (m, H, W, C): (4, 4, m, H/2, W/2, C), in this thread's scratch buffers."""
+    m, h, w, c = x_chunk.shape
+    padded = workspace(np, key + ("padded",), (m, h + 2, w + 2, c), x_chunk.dtype, zeroed=True)
+    rows = workspace(np, key + ("rows",), (4, m, h // 2, w + 2, c), x_chunk.dtype)
+    v = workspace(np, key + ("v",), (4, 4, m, h // 2, w // 2, c), x_chunk.dtype)
+    padded[:, 1 : h + 1, 1 : w + 1] = x_chunk  # only the interior is written: the border stays zero
+    _input_transform(padded, rows, v)
+    return v
+
+
 def conv3x3(x: Any, weight: Any, bias: Any = None) -> Any:
     """y = conv2d(x, weight, bias, stride 1, padding 1) by F(2x2, 3x3), chunk by chunk on the kernel threads.
 
@@ -129,19 +159,15 @@ def conv3x3(x: Any, weight: Any, bias: Any = None) -> Any:
     u = filter_transform(weight, x.dtype)
     out = empty_channels_last(np, (n, c_out, h, w), x.dtype)
     out_nhwc, x_nhwc = out.transpose(0, 2, 3, 1), x.transpose(0, 2, 3, 1)
-    per_chunk = max(1, min(-(-_CHUNK_TILES // (th * tw)), -(-n // num_threads())))
+    per_chunk = _images_per_chunk(n, th * tw)
 
     def work(starts: list[int]) -> None:
         for n0 in starts:
             m = min(per_chunk, n - n0)
             key = ("winograd", c, c_out, h, w, m)  # the last, smaller chunk gets buffers of its own
-            padded = workspace(np, key + ("padded",), (m, h + 2, w + 2, c), x.dtype, zeroed=True)
-            rows = workspace(np, key + ("rows",), (4, m, th, w + 2, c), x.dtype)
-            v = workspace(np, key + ("v",), (4, 4, m, th, tw, c), x.dtype)
+            v = _transformed_input(x_nhwc[n0 : n0 + m], key)
             products = workspace(np, key + ("m",), (4, 4, m, th, tw, c_out), x.dtype)
             sums = workspace(np, key + ("sums",), (2, 4, m, th, tw, c_out), x.dtype)
-            padded[:, 1 : h + 1, 1 : w + 1] = x_nhwc[n0 : n0 + m]  # the zero border is never written
-            _input_transform(padded, rows, v)
             tiles = m * th * tw
             np.matmul(v.reshape(16, tiles, c), u, out=products.reshape(16, tiles, c_out))
             _output_transform(products, sums, out_nhwc[n0 : n0 + m])
@@ -150,3 +176,65 @@ def conv3x3(x: Any, weight: Any, bias: Any = None) -> Any:
 
     run_chunks(np, n, per_chunk, work, flops=n * h * w * c * c_out * 4)  # 16 products per 4 outputs
     return out
+
+
+def _gradient_transform(grad_tiles: Any, rows: Any, z: Any) -> None:
+    """Z = A dY A^T (last row's sign flipped) per 2x2 tile: grad (m, H, W, C_out) -> z (4, 4, m, H/2, W/2, C_out).
+
+    Row combinations y0, y0 + y1, y0 - y1, y1 of the tile's two rows (into
+    ``rows``, (4, m, H/2, W, C_out)), then the same of its two columns.
+    """
+    y = [grad_tiles[:, i::2] for i in range(2)]
+    np.copyto(rows[0], y[0])
+    np.add(y[0], y[1], out=rows[1])
+    np.subtract(y[0], y[1], out=rows[2])
+    np.copyto(rows[3], y[1])
+    for a in range(4):
+        col = [rows[a, :, :, j::2] for j in range(2)]
+        np.copyto(z[a, 0], col[0])
+        np.add(col[0], col[1], out=z[a, 1])
+        np.subtract(col[0], col[1], out=z[a, 2])
+        np.copyto(z[a, 3], col[1])
+
+
+def weight_grad3x3(x: Any, grad: Any) -> Any:
+    """d weight of conv2d(x, weight, stride 1, padding 1) by F(2x2, 3x3): (C_out, C, 3, 3).
+
+    Per tile position p: dU[p] = V[p]^T @ Z[p], (C, tiles) @ (tiles, C_out),
+    summed over all tiles of the batch; then dW = G^T dU G.
+
+    Args:
+        x: (N, C, H, W), H and W even. grad: (N, C_out, H, W), d loss / d y.
+    """
+    n, c, h, w = x.shape
+    c_out = grad.shape[1]
+    th, tw = h // 2, w // 2
+    x_nhwc, g_nhwc = x.transpose(0, 2, 3, 1), grad.transpose(0, 2, 3, 1)
+    per_chunk = _images_per_chunk(n, th * tw)
+
+    def work(starts: list[int]) -> Any:
+        total = np.zeros((16, c, c_out), dtype=x.dtype)  # this thread's share of dU
+        for n0 in starts:
+            m = min(per_chunk, n - n0)
+            key = ("winograd", c, c_out, h, w, m)
+            v = _transformed_input(x_nhwc[n0 : n0 + m], key)
+            g_rows = workspace(np, key + ("g rows",), (4, m, th, w, c_out), x.dtype)
+            z = workspace(np, key + ("z",), (4, 4, m, th, tw, c_out), x.dtype)
+            _gradient_transform(g_nhwc[n0 : n0 + m], g_rows, z)
+            tiles = m * th * tw
+            step = _sum_block(tiles)
+            parts = workspace(np, key + ("parts",), (16, tiles // step, c, c_out), x.dtype)
+            v_blocks = v.reshape(16, tiles // step, step, c).transpose(0, 1, 3, 2)
+            np.matmul(v_blocks, z.reshape(16, tiles // step, step, c_out), out=parts)
+            total += parts.sum(axis=1)
+        return total
+
+    partials = run_chunks(np, n, per_chunk, work, flops=n * h * w * c * c_out * 4)
+    d_u = sum(partials[1:], partials[0]).astype(np.float64).reshape(4, 4, c, c_out)
+    return np.einsum("ai,abco,bj->ocij", _G_SIGNED, d_u, _G_SIGNED).astype(x.dtype)
+
+
+@lru_cache(maxsize=64)
+def _sum_block(tiles: int) -> int:
+    """Tiles per block of the sum: the largest divisor of ``tiles`` up to _SUM_BLOCK."""
+    return max(d for d in range(1, min(tiles, _SUM_BLOCK) + 1) if tiles % d == 0)

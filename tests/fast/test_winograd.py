@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3): the same convolution as the reference, and used exactly where it applies.
+"""Winograd F(2x2, 3x3): the same convolution and gradients as the reference, used exactly where it applies.
 
 float64, every element against the im2col reference (minires.kernels.conv),
 forward and both gradients, with chunks that do not divide the batch and
@@ -53,7 +53,7 @@ def test_forward_and_both_gradients_match_the_reference(
     assert y.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last, like every fast convolution
     assert_close(y, R.conv2d_forward(x, weight, b, *GEOMETRY))
     g = rng.standard_normal(y.shape)
-    for needs in [(True, True, bias), (True, False, False)]:
+    for needs in [(True, True, bias), (True, False, False), (False, True, False)]:
         got = K.conv2d_backward(x, weight, g, *GEOMETRY, needs_input_grad=needs)
         want = R.conv2d_backward(x, weight, g, *GEOMETRY, needs_input_grad=needs)
         for a, e in zip(got, want):
@@ -103,13 +103,15 @@ def test_applies_only_to_3x3_stride_1_padding_1_on_even_images_with_many_channel
 
 def test_the_fast_convolution_uses_it_where_it_applies_and_not_elsewhere(rng, monkeypatch):
     calls = []
-    original = W.conv3x3
-    monkeypatch.setattr(W, "conv3x3", lambda *a, **k: calls.append(a[0].shape) or original(*a, **k))
+    for name in ["conv3x3", "weight_grad3x3"]:
+        original = getattr(W, name)
+        spy = lambda *a, name=name, original=original, **k: calls.append(name) or original(*a, **k)  # noqa: E731
+        monkeypatch.setattr(W, name, spy)
     x = rng.standard_normal((2, 64, 4, 4))
     weight = rng.standard_normal((64, 64, 3, 3)) / 24
     y = K.conv2d_forward(x, weight, None, *GEOMETRY)
     K.conv2d_backward(x, weight, np.ones_like(y), *GEOMETRY)
-    assert calls == [x.shape, y.shape]  # the forward, then d x
+    assert calls == ["conv3x3", "conv3x3", "weight_grad3x3"]  # the forward, d x, d weight
     calls.clear()
     K.conv2d_forward(x[:, :, :3, :3], weight, None, *GEOMETRY)  # odd size: the direct method
     K.conv2d_forward(x[:, :32], weight[:32, :32], None, *GEOMETRY)  # 32 channels: direct
