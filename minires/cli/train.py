@@ -29,7 +29,7 @@ from ..train.distributed import DataParallel
 from ..train.interrupt import StoppedTogether
 from ..train.recipes import names as recipe_names
 from .common import at_least, fail, integer, load_cifar, print_banner
-from .data_parallel import launch_nproc, nproc_mismatch, run_rank
+from .data_parallel import INTERRUPTED, launch_nproc, nproc_mismatch, run_rank
 
 __all__ = ["add_parser", "run"]
 
@@ -179,7 +179,7 @@ def _train(args: argparse.Namespace) -> int:
         raise  # run_rank: every rank stopped after this step, so each may exit on its own
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except TrainingDiverged as exc:
         return fail("train", str(exc), code=1)
     if rows:
