@@ -210,9 +210,11 @@ def _reduction_block_rows(rows: int) -> int:
     return rows
 
 
-def _max_reduction_blocks(rows: int) -> int:
-    """Most blocks :func:`_reduction_block_rows` cuts ``rows`` (or fewer rows) into."""
-    return max(1, rows // _REDUCTION_BLOCK_MIN)
+def _max_reduction_blocks(g: "_Geometry", rows_per_image: int) -> int:
+    """Most blocks :func:`_reduction_block_rows` cuts a chunk's rows into: a full chunk's, or the last one's."""
+    last = g.n % g.images_per_chunk
+    sizes = [g.images_per_chunk * rows_per_image] + ([last * rows_per_image] if last else [])
+    return max(rows // _reduction_block_rows(rows) for rows in sizes)
 
 
 def _blocks(a: Any, step: int) -> Any:
@@ -364,7 +366,7 @@ class _WeightGradFromX:
         self.windows = _RowWindows(np, g.c, (g.h, g.w), (g.kh, g.kw), g.stride, g.padding, g.dilation,
                                    (g.ho, g.wo), g.dtype)
         self.total = np.zeros((g.kh, g.kw * g.c, g.c_out), dtype=g.dtype)  # this thread's share
-        blocks = _max_reduction_blocks(g.images_per_chunk * g.ho * g.wo)
+        blocks = _max_reduction_blocks(g, g.ho * g.wo)
         self.product = workspace(np, ("product",), (blocks, g.kw * g.c, g.c_out), g.dtype)
 
     def add(self, x_chunk: Any, grad_rows: Any) -> None:
@@ -386,7 +388,7 @@ class _WeightGradFromGrad:
         self.g = g
         self.x_buf = workspace(np, ("rows", 3), (g.images_per_chunk * g.h * g.w * g.c,), g.dtype)
         self.total = np.zeros((g.kh, g.kw * g.c_out, g.c), dtype=g.dtype)  # this thread's share
-        blocks = _max_reduction_blocks(g.images_per_chunk * g.h * g.w)
+        blocks = _max_reduction_blocks(g, g.h * g.w)
         self.product = workspace(np, ("product",), (blocks, g.kw * g.c_out, g.c), g.dtype)
 
     def add(self, x_chunk: Any, grad_windows: _RowWindows) -> None:

@@ -32,7 +32,7 @@ the sum over all tiles of the batch done as a matrix product per position.
 
 The transforms are additions and subtractions on strided views. They cost
 memory passes, so the method pays only where the products dominate: many
-channels on small images (README.md, "Winograd"). Exact in exact arithmetic;
+channels on small images (README.md, point 9). Exact in exact arithmetic;
 in floating point the results differ from direct convolution by rounding.
 
 Shapes: x (N, C, H, W), H and W even; weight (C_out, C, 3, 3); stride 1,
@@ -59,7 +59,7 @@ _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.
 _G_SIGNED = _G * np.array([[1.0], [1.0], [1.0], [-1.0]])
 
 # Below this many channels the transforms, which work on runs of C numbers,
-# cost more than the products save (README.md, "Winograd").
+# cost more than the products save (README.md, point 9).
 MIN_CHANNELS = 64
 # Tiles per chunk: enough for efficient products, few enough to stay near cache.
 _CHUNK_TILES = 256

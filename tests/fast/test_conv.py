@@ -281,11 +281,14 @@ def test_reduction_block_rows_divide_the_rows_and_fit_the_product_buffer():
         assert rows % step == 0
         assert step == rows or K._REDUCTION_BLOCK_MIN <= step <= K._REDUCTION_BLOCK_MAX
         assert step <= K._REDUCTION_BLOCK_MAX or rows > K._REDUCTION_BLOCK_MAX  # small sums are not cut
-        # The product buffer is sized by the largest chunk's rows; every smaller (last) chunk fits in it too.
-        assert rows // step <= K._max_reduction_blocks(4099)
-        assert rows // step <= K._max_reduction_blocks(rows)
     assert K._reduction_block_rows(4099) == 4099  # a prime: no divisor in range, one product
     assert K._reduction_block_rows(100) == 100  # small enough already
+    # The product buffer holds the blocks of a full chunk and of the last, smaller one.
+    for n, per_chunk, rows_per_image in [(10, 4, 64), (8, 4, 64), (7, 3, 49), (1, 1, 1), (5, 2, 1024)]:
+        g = K._Geometry(n, 1, 1, 1, 1, 1, 1, 1, 1, (1, 1), (0, 0), (1, 1), np.float64, per_chunk)
+        for m in {per_chunk, n % per_chunk or per_chunk}:
+            rows = m * rows_per_image
+            assert rows // K._reduction_block_rows(rows) <= K._max_reduction_blocks(g, rows_per_image)
 
 
 @pytest.mark.parametrize(
